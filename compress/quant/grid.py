@@ -1,0 +1,122 @@
+"""The symmetric, mid-tread quantization grid: the one definition used everywhere.
+
+Levels are ``k * scale`` for integers ``|k| <= qmax(bits) = 2**(bits-1) - 1``; the zero
+point is 0, so 0.0 is always a grid point and an omitted (pruned) weight decodes to
+exactly 0.0. ``scale`` (the grid step, Δ) is either one value per tensor (shape ``()``)
+or one value per output channel (shape ``(C,)``, along axis 0).
+
+The regularizer trains toward this grid, the exporter writes its integers, and every
+decoder rebuilds ``q * scale`` in float32. Keeping one implementation is what makes
+"what is trained is what is shipped" true bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def check_bits(bits: int, name: str = "bits") -> int:
+    """Validate a bit width (2..8 inclusive) and return it."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"{name} must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+    return bits
+
+
+def qmax(bits: int) -> int:
+    """Largest level index: 127 for 8 bits, 7 for 4 bits, 1 for 2 bits."""
+    return 2 ** (check_bits(bits) - 1) - 1
+
+
+def broadcast_scale(scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """View a per-tensor ``()`` or per-channel ``(C,)`` scale so it broadcasts over ``w``."""
+    if scale.dim() == 0 or w.dim() == 0:
+        return scale
+    if scale.dim() != 1 or scale.numel() != w.shape[0]:
+        raise ValueError(
+            f"scale must have shape () or ({w.shape[0]},) for a weight of shape {tuple(w.shape)}, "
+            f"got {tuple(scale.shape)}"
+        )
+    return scale.view(-1, *([1] * (w.dim() - 1)))
+
+
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """Round to nearest, ties away from zero (as C's ``lround``; torch.round ties to even)."""
+    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer levels of ``w`` on the grid, as int8 (values in [-qmax, qmax])."""
+    m = qmax(bits)
+    s = broadcast_scale(scale.to(torch.float32), w)
+    q = round_half_away(w.to(torch.float32) / s).clamp_(-m, m)
+    return q.to(torch.int8)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Float32 weights ``q * scale``."""
+    return q.to(torch.float32) * broadcast_scale(scale.to(torch.float32), q)
+
+
+def snap(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``dequantize(quantize(w))``: the nearest grid point, in w's dtype."""
+    return dequantize(quantize(w, scale, bits), scale).to(w.dtype)
+
+
+def _reduce_dims(w: torch.Tensor, granularity: str) -> tuple[int, ...]:
+    if granularity == "tensor" or w.dim() <= 1:
+        return tuple(range(w.dim()))
+    if granularity == "channel":
+        return tuple(range(1, w.dim()))
+    raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
+
+
+def max_scale(w: torch.Tensor, bits: int, granularity: str = "channel") -> torch.Tensor:
+    """Δ = max|w| / qmax per channel (or tensor). An all-zero channel gets Δ = 1.0."""
+    w = w.detach().to(torch.float32)
+    dims = _reduce_dims(w, granularity)
+    amax = w.abs().amax(dim=dims) if w.numel() else torch.zeros(())
+    if granularity == "tensor" or w.dim() <= 1:
+        amax = amax.reshape(())
+    scale = amax / qmax(bits)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def mse_scale(
+    w: torch.Tensor, bits: int, granularity: str = "channel", grid_points: int = 64, min_ratio: float = 0.2
+) -> torch.Tensor:
+    """MSE-optimal clipping: the Δ that minimizes Σ (w - snap(w, Δ))² over a search.
+
+    For few bits a max-based Δ spends levels on rare outliers; clipping them trades a
+    large error on a few weights for a smaller step on all the others (the criterion of
+    Lloyd-Max quantization, restricted to a uniform grid). Candidates are
+    ``max_scale * r`` for ``r`` in ``[min_ratio, 1]``; zeros (pruned weights) are
+    excluded from the error because they stay exact at any Δ.
+    """
+    w = w.detach().to(torch.float32)
+    base = max_scale(w, bits, granularity)
+    dims = _reduce_dims(w, granularity)
+    nonzero = w != 0
+    best_err, best = None, base
+    for r in torch.linspace(min_ratio, 1.0, grid_points):
+        s = base * r
+        err = ((w - snap(w, s, bits)) ** 2 * nonzero).sum(dim=dims) if w.numel() else torch.zeros(())
+        err = err.reshape(base.shape)
+        if best_err is None:
+            best_err, best = err, s
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, s, best)
+    return best
+
+
+def compute_scale(w: torch.Tensor, bits: int, granularity: str = "channel", clip: str = "max") -> torch.Tensor:
+    """Grid step for ``w``: ``clip="max"`` (no clipping) or ``"mse"`` (MSE-optimal clipping)."""
+    check_bits(bits)
+    if clip == "max":
+        return max_scale(w, bits, granularity)
+    if clip == "mse":
+        return mse_scale(w, bits, granularity)
+    raise ValueError(f"clip must be 'max' or 'mse', got {clip!r}")
