@@ -1,0 +1,126 @@
+"""The Hydra recipes end to end, in tiny form: a 1-epoch run through the compose API, a
+two-config multirun through the console script, the report, and config errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("corpus")
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.choices...}
+    return cfg
+
+
+def test_every_compression_option_composes_and_builds(data_dir):
+    from compress.train import build_callbacks
+
+    expected = {"none": [], "qreg8": ["QuantizationRegularizer"], "sparse50": ["GradualSparsifier"],
+                "sparse50_qreg8": ["GradualSparsifier", "QuantizationRegularizer"],
+                "sparse75_qreg4": ["GradualSparsifier", "QuantizationRegularizer"]}
+    for option, classes in expected.items():
+        cfg = compose([f"compression={option}"])
+        assert sorted(type(cb).__name__ for cb in build_callbacks(cfg)) == classes
+    cfg = compose(["compression=sparse75_qreg4"])
+    (sp,) = [cb for cb in build_callbacks(cfg) if type(cb).__name__ == "GradualSparsifier"]
+    assert sp.final_sparsity == 0.75
+
+
+@pytest.mark.slow
+def test_one_epoch_run_writes_every_output(tmp_path, data_dir):
+    import torch
+
+    from compress.decoder.fast import load
+    from compress.train import run
+
+    cfg = compose(["experiment=tiny", f"data.data_dir={data_dir}"])
+    results = run(cfg, tmp_path)
+    for name in ["model.ckpt", "model.psq", "results.json", "results.md"]:
+        assert (tmp_path / name).is_file(), name
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert results["recipe"] == "ctc_lstm+sparse50_qreg8"
+    assert set(results["metrics"]) == {"test_voices", "test_sentences"}
+    # The model rebuilt from the packed file scores exactly as the trained one ...
+    for split, m in results["metrics"].items():
+        assert m["trained"] == m["packed"], split
+    assert results["packed_matches_trained"] is True
+    # ... because it holds exactly the trained (snapped) weights.
+    ckpt = torch.load(tmp_path / "model.ckpt", map_location="cpu", weights_only=False)
+    decoded = load(tmp_path / "model.psq")
+    assert decoded.keys() == ckpt["state_dict"].keys()
+    for name, t in ckpt["state_dict"].items():
+        assert torch.equal(decoded[name], t), name
+    assert results["packed_bytes"] < results["fp32_bytes"] / 4
+    assert all(abs(r["sparsity"] - 0.5) < 0.01 and r["bits"] == 8 for r in results["layers"])
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["packed_bytes"] == (tmp_path / "model.psq").stat().st_size
+    assert "| test_voices |" in (tmp_path / "results.md").read_text()
+
+
+def _cli(args, tmp_path, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.mark.slow
+def test_multirun_of_two_configs_and_report(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    r = _cli([str(BIN / "compress-train"), "-m", "experiment=tiny", "compression=none,sparse50",
+              f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted(p.parent.name for p in sweep.rglob("results.json"))
+    assert runs == ["0_none", "1_sparse50"]
+    none = json.loads((sweep / "0_none" / "results.json").read_text())
+    assert none["layers"] == [] and none["packed_matches_trained"]
+    sparse = json.loads((sweep / "1_sparse50" / "results.json").read_text())
+    # Pruned without a regularizer: rounded to int8 after training (its packed WER may
+    # differ from the trained one; the results say which).
+    assert {r["bits"] for r in sparse["layers"]} == {8} and sparse["layers"]
+    assert isinstance(sparse["packed_matches_trained"], bool)
+    rep = _cli([str(BIN / "compress"), "report", str(sweep), "-o", str(tmp_path / "table.md")], tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    assert "ctc_lstm+none" in rep.stdout and "ctc_lstm+sparse50" in rep.stdout
+    assert rep.stdout.count("| test_voices |") == 2
+    assert (tmp_path / "table.md").read_text().strip() == rep.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("compression=sparse90", "Could not find 'compression/sparse90'"),
+        ("compression.gradual_sparsifier.final_sparsity=1.5",
+         "compression.gradual_sparsifier.final_sparsity: expected a number in [0, 1), got 1.5"),
+        ("compression.quantization_regularizer.bits=9",
+         "compression.quantization_regularizer.bits: expected an integer in 2..8, got 9"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path, override, expected):
+    r = _cli([str(BIN / "compress-train"), override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert r.returncode != 0
+    assert expected in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_report_errors_are_one_line(tmp_path):
+    r = _cli([str(BIN / "compress"), "report", str(tmp_path)], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"compress: error: DIR: no results.json under {tmp_path} " \
+        "(is it a compress-train output directory?)"
