@@ -1,0 +1,397 @@
+"""Bench section "accuracy": WER/CER against packed file size on the built-in corpus.
+
+Five trainings with the same model, data, epochs and seed (``recipes/``, composed with
+Hydra's compose API): fp32 (``compression=none``), Lightning's ``ModelPruning`` at 50% and
+75% (``compression=none`` plus the callback, on the sparsifier's schedule), and ours,
+``sparse50_qreg8`` and ``sparse75_qreg4``. Every row of the table is a packed file
+(``compress.export.pack``) evaluated after decoding it with ``compress.load``:
+
+* fp32 (fp32 passthrough); PTQ at each setting's bits; one-shot pruning + PTQ (from the
+  fp32 weights);
+* ModelPruning + PTQ; ours (bits, scales and masks from the callbacks' state).
+
+Trainings run as separate processes (``--jobs`` at a time, ``--threads`` each); each writes
+its checkpoint, packed files and figures under ``<out>/accuracy_runs/<training>/``; the
+table is built from those files afterwards. ``--reuse`` skips a training whose checkpoint
+is already there. Results: ``<out>/results.md`` and ``<out>/accuracy.json``.
+
+    python -m compress.bench.accuracy --size tiny             # the CI smoke run
+    python -m compress.bench.accuracy --size full --jobs 2    # the figures (hours)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from compress.bench.baselines import label, plan, read_setting, row_order
+
+SETTINGS = (("easy", "sparse50_qreg8"), ("hard", "sparse75_qreg4"))  # (setting, recipe of ours)
+SPLIT = "test_voices"  # the split the targets are computed on (voices never heard in training)
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+OPTIONS = ("size", "epochs", "jobs", "data_dir", "reuse")  # the section's own options
+
+
+def add_arguments(parser, prefix: str = "accuracy-") -> None:
+    """The section's options, named ``--accuracy-size`` etc. under ``python -m compress.bench``.
+
+    The prefix keeps them apart from other sections' options (``overhead`` has its own
+    ``--epochs``); ``--threads`` (per training) and ``--out`` are the dispatcher's.
+    ``python -m compress.bench.accuracy`` uses ``prefix=""``.
+    """
+    parser.add_argument(f"--{prefix}size", choices=("tiny", "full"), default="full",
+                        help="tiny: the experiment=tiny settings (CI); full: the default recipe (default)")
+    parser.add_argument(f"--{prefix}epochs", type=int, default=None,
+                        help="epochs of every training (default: the recipe's)")
+    parser.add_argument(f"--{prefix}jobs", type=int, default=2, help="trainings run in parallel (default 2)")
+    parser.add_argument(f"--{prefix}data-dir", default=None, help="corpus cache root (default: the datamodule's)")
+    parser.add_argument(f"--{prefix}reuse", action="store_true",
+                        help="keep a training whose checkpoint was made with the same settings")
+
+
+def _options(args) -> argparse.Namespace:
+    """The options from ``args`` (either naming style), defaults for what is missing."""
+    prefixed = any(hasattr(args, f"accuracy_{k}") for k in OPTIONS)
+    opts = argparse.Namespace(size="full", epochs=None, jobs=2, data_dir=None, reuse=False, threads=1, out=None)
+    for k in vars(opts):
+        v = getattr(args, f"accuracy_{k}" if prefixed and k in OPTIONS else k, None)
+        if v is not None:
+            setattr(opts, k, v)
+    if opts.size not in ("tiny", "full"):
+        raise ValueError(f"--size must be 'tiny' or 'full', got {opts.size!r}")
+    for name in ("jobs", "threads") + (("epochs",) if opts.epochs is not None else ()):
+        v = getattr(opts, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name} must be an integer >= 1, got {v!r}")
+    return opts
+
+
+def base_overrides(opts) -> list[str]:
+    """Hydra overrides shared by every training (so model, data, epochs and seed match)."""
+    out = ["experiment=tiny"] if opts.size == "tiny" else []
+    out.append(f"threads={opts.threads}")
+    if opts.epochs is not None:
+        out.append(f"trainer.max_epochs={opts.epochs}")
+    if opts.data_dir is not None:
+        out.append(f"data.data_dir={json.dumps(str(opts.data_dir))}")
+    return out
+
+
+def compose_config(overrides: list[str]):
+    """``recipes/train.yaml`` composed with ``overrides`` (the recipe name set to the bench's)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from compress.train import RECIPES
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+        return compose("train", overrides=[*overrides, "recipe=bench-accuracy"])
+
+
+# -- one training (runs in its own process) ---------------------------------------------------
+def _epoch_logger():
+    import pytorch_lightning as pl
+
+    class EpochLog(pl.Callback):
+        """One line per finished epoch in the training's log (the parent shows the latest)."""
+
+        def on_fit_start(self, trainer, pl_module):
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+            print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done at "
+                  f"{time.perf_counter() - self.t0:.0f} s, train/loss {loss:.3f}", flush=True)
+
+    return EpochLog()
+
+
+def work(spec: dict) -> dict:
+    """Train one model (unless reused), pack and evaluate its rows; writes ``rows.json``."""
+    import logging
+
+    import pytorch_lightning as pl
+    import torch
+
+    from compress.bench.baselines import lightning_pruning, pack_row
+    from compress.decoder.fast import load
+    from compress.targets import find_targets
+    from compress.train import _atomic_write_text, _evaluate, _instantiate, build_callbacks
+
+    cfg = compose_config(spec["overrides"] + [f"compression={spec['compression']}"])
+    torch.set_num_threads(int(cfg.threads))
+    run_dir = Path(spec["dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt, meta_path = run_dir / "model.ckpt", run_dir / "train.json"
+    pl.seed_everything(int(cfg.seed), workers=True)
+    dm = _instantiate(cfg.data, "data")
+    settings = {k: spec[k] for k in ("overrides", "compression", "pruning")}
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if spec.get("reuse") and ckpt.is_file() and meta.get("settings") == settings:
+        print(f"reusing {ckpt}", flush=True)
+    else:
+        model = _instantiate(cfg.model, "model")
+        callbacks = build_callbacks(cfg) + [_epoch_logger()]
+        if spec["pruning"]:
+            callbacks.append(lightning_pruning(model, max_epochs=int(cfg.trainer.max_epochs), **spec["pruning"]))
+        trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=False, enable_checkpointing=False,
+                               enable_progress_bar=False, default_root_dir=str(run_dir))
+        t0 = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        seconds = time.perf_counter() - t0
+        trainer.save_checkpoint(str(run_dir / ".model.ckpt.tmp"))
+        os.replace(run_dir / ".model.ckpt.tmp", ckpt)
+        meta = {"train_seconds": seconds, "epochs": int(trainer.current_epoch), "threads": torch.get_num_threads(),
+                "settings": settings}
+        _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+
+    def eval_trainer():
+        return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=False)
+
+    sd = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    targets = [t.name for t in find_targets(_instantiate(cfg.model, "model"))]
+    meta["target_zeros"] = {n: [int((sd[n] == 0).sum()), sd[n].numel()] for n in targets}
+    rows = []
+    for row in spec["rows"]:
+        path = run_dir / f"{row['key']}.psq"
+        print(f"packing and testing {row['key']}", flush=True)
+        pack_row(row, sd, ckpt, path, targets)
+        rebuilt = _instantiate(cfg.model, "model")
+        rebuilt.load_state_dict(load(path), strict=True)
+        rebuilt.eval()
+        decoded = dict(rebuilt.named_parameters())
+        zeros = sum(int((decoded[n] == 0).sum()) for n in targets)
+        total = sum(decoded[n].numel() for n in targets)
+        rows.append({**row, "training": spec["name"], "bytes": path.stat().st_size,
+                     "decoded_sparsity": zeros / max(total, 1), "train_seconds": meta["train_seconds"],
+                     "metrics": _evaluate(rebuilt, dm, eval_trainer)})
+    out = {"name": spec["name"], "train": meta, "rows": rows}
+    _atomic_write_text(run_dir / "rows.json", json.dumps(out, indent=2) + "\n")
+    return out
+
+
+# -- the table and the targets ------------------------------------------------------------
+LIMITS = (("easy", 0.5), ("hard", 2.0))  # WER points (absolute) ours may lose against fp32
+BEAT = "hard"  # the setting where ours must beat the baselines of the same size
+
+
+def check_targets(rows: list[dict], split: str = SPLIT) -> list[dict]:
+    """PASS/MISS of each target, computed from the rows' WER on ``split``.
+
+    Targets: ours loses at most ``LIMITS`` WER points against fp32 in each setting, and in
+    the ``BEAT`` setting has a strictly lower WER than every baseline of the same size
+    (same sparsity and bits: one-shot pruning and ModelPruning, each + PTQ).
+    """
+    def find(method, setting):
+        hits = [r for r in rows if r["method"] == method and r["setting"] == setting]
+        if len(hits) != 1:
+            raise ValueError(f"rows: expected one {method!r} row for setting {setting!r}, found {len(hits)}")
+        return hits[0]
+
+    def wer(r):
+        return 100.0 * float(r["metrics"][split]["wer"])
+
+    fp32, out = wer(find("fp32", None)), []
+    for setting, limit in LIMITS:
+        ours = find("ours", setting)
+        loss = wer(ours) - fp32
+        # 1e-9: WERs are ratios of counts; do not let float noise turn an exact tie into a miss.
+        out.append({"target": f"{label(ours)} loses <= {limit:g} WER points against fp32", "kind": "loss",
+                    "value": loss, "limit": limit, "pass": loss <= limit + 1e-9})
+    ours = find("ours", BEAT)
+    peers = [find(m, BEAT) for m in ("oneshot", "lightning")]
+    margin = wer(ours) - min(wer(r) for r in peers)
+    out.append({"target": f"{label(ours)} beats {' and '.join(label(r) for r in peers)} (WER lower)",
+                "kind": "beat", "value": margin, "limit": 0.0, "pass": margin < 0})
+    return out
+
+
+def format_markdown(results: dict) -> str:
+    """``results.md``: the table, the targets, the run's command, time and machine."""
+    rows, m = results["rows"], results["machine"]
+    splits = list(rows[0]["metrics"])
+    fp32_bytes = next(r["bytes"] for r in rows if r["method"] == "fp32")
+    head = " | ".join(f"WER {s} | CER {s}" for s in splits)
+    lines = [
+        "# Accuracy and size on the built-in corpus", "",
+        f"Same model, data, {results['epochs']} epochs and seed for every row. Every row is a packed file "
+        "(`compress.export.pack`) evaluated after decoding it with `compress.load`. WER/CER in %.", "",
+        f"| method | {head} | packed bytes | ratio to fp32 | sparsity | training s |",
+        "|---" * (5 + 2 * len(splits)) + "|",
+    ]
+    for r in rows:
+        scores = " | ".join(f"{100 * r['metrics'][s]['wer']:.2f} | {100 * r['metrics'][s]['cer']:.2f}" for s in splits)
+        lines.append(f"| {label(r)} | {scores} | {r['bytes']:,} | {fp32_bytes / r['bytes']:.2f}x | "
+                     f"{100 * r['decoded_sparsity']:.1f}% | {r['train_seconds']:.0f} |")
+    lines += ["", f"## Targets (WER on {results['split']}, in points)", ""]
+    for t in results["targets"]:
+        what = (f"WER loss {t['value']:+.2f} points (limit {t['limit']:.2f})" if t["kind"] == "loss" else
+                f"WER minus the best of them {t['value']:+.2f} points (must be < 0)")
+        lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: {what}")
+    lines += [
+        "", "## Run", "",
+        f"- command: `{results['command']}` ({results['size']} size)",
+        f"- wall time: {results['wall_seconds']:.0f} s ({results['wall_seconds'] / 3600:.2f} h)",
+        f"- machine: {m['processor']}, {m['cpu_count']} CPUs, {m['jobs']} training(s) at a time x "
+        f"{m['threads_per_training']} torch thread(s), torch {m['torch']}, Python {m['python']}, {m['platform']}",
+        "", "## Notes", "",
+        "- sparsity: zeros among the compressed tensors of the decoded file (rounding to the grid can add a few).",
+        "- PTQ rows: per-channel scales from `grid.compute_scale` once after training, MSE-optimal clipping at "
+        "<= 4 bits (as the regularizer), then `snap`. One-shot rows prune each tensor once to an exact count by "
+        "magnitude before PTQ. PTQ and one-shot rows come from the fp32 training and show its training time.",
+        "- Lightning `ModelPruning` (`l1_unstructured`, per tensor, same targets, lottery-ticket reset off) prunes "
+        "at the end of epoch e to the sparsity the sparsifier installs at the start of epoch e+1, so both follow "
+        "the same cubic schedule at the same moments.",
+        f"- training times are wall times with {m['jobs']} training(s) sharing the machine; compare them loosely.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# -- the parent: plan, launch, collect ---------------------------------------------------------
+def _launch(spec: dict, log_path: Path, threads: int) -> subprocess.Popen:
+    from compress.train import _atomic_write_text
+
+    spec_path = log_path.with_suffix(".spec.json")
+    _atomic_write_text(spec_path, json.dumps(spec, indent=2) + "\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
+    log = open(log_path, "w")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "compress.bench.accuracy", "--worker", str(spec_path)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(PACKAGE_ROOT))
+    finally:
+        log.close()  # the child holds its own descriptor
+
+
+def _last_epoch_line(log_path: Path) -> str:
+    try:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.startswith(("epoch ", "packing"))]
+    except OSError:
+        return ""
+    return lines[-1] if lines else "starting"
+
+
+def run_jobs(specs: list[dict], jobs: int, threads: int, log_dir: Path, status_every: float = 60.0) -> None:
+    """Run ``specs`` as worker processes, ``jobs`` at a time, printing progress."""
+    pending, running, t0 = list(specs), {}, time.perf_counter()
+    last_status = t0
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                spec = pending.pop(0)
+                print(f"[{time.perf_counter() - t0:6.0f} s] start {spec['name']}", flush=True)
+                running[spec["name"]] = (_launch(spec, log_dir / f"{spec['name']}.log", threads), time.perf_counter())
+            time.sleep(0.2)
+            for name, (proc, started) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del running[name]
+                log = log_dir / f"{name}.log"
+                if rc != 0:
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                    raise RuntimeError(f"training {name!r} failed (exit {rc}); log {log}:\n{tail}")
+                print(f"[{time.perf_counter() - t0:6.0f} s] done  {name} in {time.perf_counter() - started:.0f} s",
+                      flush=True)
+            if running and time.perf_counter() - last_status >= status_every:
+                last_status = time.perf_counter()
+                states = ", ".join(f"{n} ({time.perf_counter() - s:.0f} s: {_last_epoch_line(log_dir / f'{n}.log')})"
+                                   for n, (_, s) in running.items())
+                print(f"[{last_status - t0:6.0f} s] running: {states}", flush=True)
+    finally:
+        for proc, _ in running.values():  # only on an error: stop the workers this call started
+            proc.terminate()
+            proc.wait()
+
+
+def _command(opts) -> str:
+    parts = ["python", "-m", "compress.bench.accuracy", "--size", opts.size, "--jobs", str(opts.jobs),
+             "--threads", str(opts.threads), "--out", str(opts.out)]
+    if opts.epochs is not None:
+        parts += ["--epochs", str(opts.epochs)]
+    if opts.data_dir is not None:
+        parts += ["--data-dir", str(opts.data_dir)]
+    if opts.reuse:
+        parts.append("--reuse")
+    return shlex.join(parts)
+
+
+def run(args=None) -> dict:
+    """Run the section (all trainings, then the table); returns the results dict."""
+    import torch
+
+    from compress.train import _atomic_write_text, _instantiate
+
+    opts = _options(args)
+    t0 = time.perf_counter()
+    if opts.out is None:
+        opts.out = "bench" if opts.size == "full" else tempfile.mkdtemp(prefix="compress-bench-accuracy-")
+    out = Path(opts.out).resolve()
+    runs = out / "accuracy_runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    base = base_overrides(opts)
+    settings = {k: read_setting(compose_config(base + [f"compression={r}"]), r) for k, r in SETTINGS}
+    cfg = compose_config(base + ["compression=none"])
+    print(f"== accuracy: {opts.size} run, {int(cfg.trainer.max_epochs)} epochs, {opts.jobs} job(s) x "
+          f"{opts.threads} thread(s), output {out}", flush=True)
+    # Generate the corpus once here, so parallel trainings never race to write it.
+    _instantiate(cfg.data, "data", gen_workers=opts.jobs * opts.threads).prepare_data()
+    specs = [{**job, "overrides": base, "dir": str(runs / job["name"]), "reuse": bool(opts.reuse)}
+             for job in plan(settings)]
+    run_jobs(specs, opts.jobs, opts.threads, runs)
+    done = {s["name"]: json.loads((Path(s["dir"]) / "rows.json").read_text()) for s in specs}
+    rows = [r for s in specs for r in done[s["name"]]["rows"]]
+    rows = sorted(rows, key=row_order)
+    results = {
+        "command": _command(opts),
+        "size": opts.size,
+        "epochs": int(cfg.trainer.max_epochs),
+        "split": SPLIT,
+        "settings": settings,
+        "rows": rows,
+        "trainings": {n: d["train"] for n, d in done.items()},
+        "targets": check_targets(rows, SPLIT),
+        "wall_seconds": time.perf_counter() - t0,
+        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                    "jobs": opts.jobs, "threads_per_training": opts.threads, "torch": torch.__version__,
+                    "python": platform.python_version(), "platform": platform.platform()},
+    }
+    _atomic_write_text(out / "accuracy.json", json.dumps(results, indent=2) + "\n")
+    text = format_markdown(results)
+    _atomic_write_text(out / "results.md", text)
+    print(text, flush=True)
+    print(f"written: {out / 'results.md'}, {out / 'accuracy.json'}", flush=True)
+    return results
+
+
+def main(argv=None) -> None:
+    """``python -m compress.bench.accuracy``."""
+    parser = argparse.ArgumentParser(prog="python -m compress.bench.accuracy", description=__doc__.split("\n\n")[0])
+    add_arguments(parser, prefix="")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
+    parser.add_argument("--out", default=None, help="output folder (default bench/ for full, a temp dir for tiny)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        work(json.loads(Path(args.worker).read_text()))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The accuracy/size benchmark: the tiny run end to end, the baselines, and the target logic.
+
+The tiny run checks the machinery (every row packed, decoded and tested; sizes ordered;
+the baselines at their sparsity; files written), not the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from compress.bench import accuracy, baselines
+from compress.decoder.fast import load
+from compress.quant import grid
+from compress.sparsity.schedule import sparsity_at
+
+KEYS = ["fp32", "ptq8", "oneshot50_ptq8", "lightning50_ptq8", "sparse50_qreg8",
+        "ptq4", "oneshot75_ptq4", "lightning75_ptq4", "sparse75_qreg4"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    data = tmp_path_factory.mktemp("corpus")
+    args = argparse.Namespace(size="tiny", jobs=2, threads=1, out=str(out), data_dir=str(data))
+    return accuracy.run(args), out
+
+
+def _rows(results):
+    return {r["key"]: r for r in results["rows"]}
+
+
+def _exact(sparsity, n):
+    return int(sparsity * n + 0.5)
+
+
+def test_tiny_run_writes_every_row_and_both_files(tiny):
+    results, out = tiny
+    assert [r["key"] for r in results["rows"]] == KEYS
+    on_disk = json.loads((out / "accuracy.json").read_text())
+    assert on_disk["rows"] == results["rows"] and on_disk["targets"] == results["targets"]
+    md = (out / "results.md").read_text()
+    for row in results["rows"]:
+        assert f"| {baselines.label(row)} |" in md
+        assert set(row["metrics"]) == {"test_voices", "test_sentences"}
+        for split in row["metrics"].values():
+            assert math.isfinite(split["wer"]) and split["wer"] >= 0 and math.isfinite(split["cer"])
+    assert md.count("**PASS**") + md.count("**MISS**") == 3
+    assert results["command"] in md and "wall time" in md and results["machine"]["torch"] in md
+    assert not list(out.glob("**/*.tmp")) and not list(out.glob("**/.*.tmp"))
+
+
+def test_tiny_sizes_are_those_of_the_packed_files_and_ordered(tiny):
+    results, out = tiny
+    rows = _rows(results)
+    for key, r in rows.items():
+        path = out / "accuracy_runs" / r["training"] / f"{key}.psq"
+        assert path.stat().st_size == r["bytes"]
+    for bits, pct in ((8, 50), (4, 75)):
+        dense = rows[f"ptq{bits}"]["bytes"]
+        assert dense < rows["fp32"]["bytes"]
+        for key in (f"oneshot{pct}_ptq{bits}", f"lightning{pct}_ptq{bits}", f"sparse{pct}_qreg{bits}"):
+            assert rows[key]["bytes"] < dense, key
+            assert rows[key]["decoded_sparsity"] >= pct / 100 - 0.01, key
+    assert rows["ptq4"]["bytes"] < rows["ptq8"]["bytes"]
+    # The fp32 row is a passthrough of the trained weights: decoding gives them back exactly.
+    ckpt = torch.load(out / "accuracy_runs" / "fp32" / "model.ckpt", map_location="cpu", weights_only=False)
+    decoded = load(out / "accuracy_runs" / "fp32" / "fp32.psq")
+    assert decoded.keys() == ckpt["state_dict"].keys()
+    assert all(torch.equal(decoded[k], ckpt["state_dict"][k]) for k in decoded)
+
+
+def test_tiny_lightning_baseline_is_at_the_target_sparsity(tiny):
+    results, out = tiny
+    epochs = results["epochs"]
+    for name, sparsity in (("lightning50", 0.5), ("lightning75", 0.75)):
+        sd = torch.load(out / "accuracy_runs" / name / "model.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        assert not [k for k in sd if k.endswith(("_orig", "_mask"))]  # pruning made permanent
+        zeros = results["trainings"][name]["target_zeros"]
+        assert len(zeros) == 7
+        for param, (z, n) in zeros.items():
+            assert int((sd[param] == 0).sum()) == z
+            # torch rounds each step's count: at most one weight per pruning step off.
+            assert abs(z - _exact(sparsity, n)) <= epochs, (name, param, z, n)
+
+
+def test_tiny_targets_are_computed_from_the_numbers(tiny):
+    results, _ = tiny
+    assert results["targets"] == accuracy.check_targets(results["rows"], "test_voices")
+    rows = _rows(results)
+    wer = {k: 100 * r["metrics"]["test_voices"]["wer"] for k, r in rows.items()}
+    easy, hard, beat = results["targets"]
+    assert easy["value"] == pytest.approx(wer["sparse50_qreg8"] - wer["fp32"])
+    assert easy["pass"] == (easy["value"] <= 0.5 + 1e-9)
+    assert hard["pass"] == (hard["value"] <= 2.0 + 1e-9)
+    assert beat["pass"] == (wer["sparse75_qreg4"] < min(wer["oneshot75_ptq4"], wer["lightning75_ptq4"]))
+
+
+def _hand_rows(fp32, ours50, ours75, oneshot75, lightning75):
+    def row(key, method, setting, wer):
+        return {"key": key, "method": method, "setting": setting, "bits": 4, "target_sparsity": 0.75,
+                "metrics": {"test_voices": {"wer": wer / 100, "cer": 0.0}}}
+
+    return [row("fp32", "fp32", None, fp32), row("s50", "ours", "easy", ours50), row("s75", "ours", "hard", ours75),
+            row("o75", "oneshot", "hard", oneshot75), row("l75", "lightning", "hard", lightning75)]
+
+
+@pytest.mark.parametrize("numbers, expected", [
+    ((10.0, 10.5, 12.0, 12.5, 12.1), [True, True, True]),  # both limits hit exactly, ours best
+    ((10.0, 10.51, 12.01, 12.5, 12.1), [False, False, True]),
+    ((10.0, 9.0, 12.0, 12.5, 12.0), [True, True, False]),  # a tie with a baseline does not beat it
+    ((10.0, 10.0, 15.0, 20.0, 30.0), [True, False, True]),
+    ((20.0, 19.0, 18.0, 17.0, 40.0), [True, True, False]),  # one baseline better: MISS
+])
+def test_target_logic_on_hand_made_numbers(numbers, expected):
+    targets = accuracy.check_targets(_hand_rows(*numbers), "test_voices")
+    assert [t["pass"] for t in targets] == expected
+    assert targets[0]["value"] == pytest.approx(numbers[1] - numbers[0])
+    assert targets[2]["value"] == pytest.approx(numbers[2] - min(numbers[3:]))
+
+
+def test_target_logic_names_a_missing_row():
+    rows = [r for r in _hand_rows(10, 10, 10, 10, 10) if r["method"] != "lightning"]
+    with pytest.raises(ValueError, match="'lightning' row for setting 'hard'"):
+        accuracy.check_targets(rows)
+
+
+def test_oneshot_prunes_exact_counts_of_the_smallest_weights():
+    gen = torch.Generator().manual_seed(0)
+    weights = {"a": torch.randn(37, 11, generator=gen), "b": torch.randn(5, 3, 7, generator=gen),
+               "c": torch.tensor([0.5, -0.5, 0.5, 0.5])}  # ties: the count must still be exact
+    for sparsity in (0.5, 0.75, 0.3):
+        pruned, masks = baselines.prune_oneshot(weights, sparsity)
+        for n, w in weights.items():
+            assert int((~masks[n]).sum()) == _exact(sparsity, w.numel()) == int((pruned[n] == 0).sum())
+            kept, dropped = w[masks[n]].abs(), w[~masks[n]].abs()
+            assert kept.min() >= dropped.max()
+            assert torch.equal(pruned[n][masks[n]], w[masks[n]])
+    with pytest.raises(ValueError, match="sparsity"):
+        baselines.prune_oneshot(weights, 1.0)
+
+
+def test_ptq_snaps_to_the_grid_with_the_regularizers_clipping():
+    w = torch.randn(16, 40, generator=torch.Generator().manual_seed(1))
+    w[w.abs() < 0.3] = 0.0
+    for bits, clip in ((8, "max"), (4, "mse")):
+        snapped, scales = baselines.ptq({"w": w}, bits)
+        assert torch.equal(scales["w"], grid.compute_scale(w, bits, "channel", clip))
+        assert torch.equal(snapped["w"], grid.snap(w, scales["w"], bits))
+        assert bool((snapped["w"][w == 0] == 0).all())
+    with pytest.raises(TypeError, match="weights\\['i'\\]"):
+        baselines.ptq({"i": torch.ones(2, 2, dtype=torch.int32)}, 8)
+
+
+@pytest.mark.parametrize("epochs, final", [(1, 0.5), (4, 0.5), (6, 0.75), (12, 0.75)])
+def test_incremental_amounts_follow_the_sparsifier_schedule(epochs, final):
+    amount = baselines.incremental_amounts(final, epochs)
+    for e in range(epochs):
+        # After the prune at the end of epoch e: what the sparsifier installs at the start of e + 1.
+        want = sparsity_at(e + 1, final, 0, max(epochs - 1, 0))
+        assert baselines.cumulative_sparsity(amount, e + 1) == pytest.approx(want, abs=1e-12)
+        assert 0.0 <= amount(e) < 1.0
+    assert baselines.cumulative_sparsity(amount, epochs) == pytest.approx(final)
+    with pytest.raises(ValueError, match="max_epochs"):
+        baselines.incremental_amounts(final, 0)
+
+
+class _Toy(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(32, 48)
+        self.head = torch.nn.Linear(48, 3)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.head(torch.relu(self.lin(x))), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_pruning_reaches_the_schedule_at_each_epoch_end():
+    torch.manual_seed(0)
+    model, seen = _Toy(), []
+    data = torch.utils.data.TensorDataset(torch.randn(32, 32), torch.randint(0, 3, (32,)))
+
+    class Record(pl.Callback):  # runs after ModelPruning's epoch-end hook (callbacks run in order)
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append({n: int((w == 0).sum()) for n, w in (("lin", pl_module.lin.weight), ("head", pl_module.head.weight))})
+
+    epochs, final = 5, 0.75
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[baselines.lightning_pruning(model, final, epochs), Record()])
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
+    assert len(seen) == epochs and seen[-1]["lin"] == pytest.approx(final * 32 * 48, abs=epochs)
+    for e, zeros in enumerate(seen):
+        want = sparsity_at(e + 1, final, 0, epochs - 1)
+        for name, n in (("lin", 32 * 48), ("head", 48 * 3)):
+            assert abs(zeros[name] - _exact(want, n)) <= e + 1, (e, name)
+    assert "lin.weight" in dict(model.named_parameters())  # permanent: no weight_orig left
+
+
+def test_options_under_the_dispatcher_are_the_prefixed_ones():
+    # Another section's --epochs must not leak into this one's trainings.
+    args = argparse.Namespace(epochs=3, jobs=None, accuracy_size="tiny", accuracy_epochs=None, accuracy_jobs=1,
+                              accuracy_data_dir=None, accuracy_reuse=False, threads=2, out=None)
+    opts = accuracy._options(args)
+    assert (opts.size, opts.epochs, opts.jobs, opts.threads) == ("tiny", None, 1, 2)
+    assert "trainer.max_epochs" not in " ".join(accuracy.base_overrides(opts))
+
+
+def test_errors_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="--jobs"):
+        accuracy.run(argparse.Namespace(size="tiny", jobs=0, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="--size"):
+        accuracy.run(argparse.Namespace(size="huge", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="targets: 'nope.weight'"):
+        baselines.lightning_pruning(_Toy(), 0.5, 2, targets=["nope.weight"])
+    with pytest.raises(ValueError, match="method must be"):
+        baselines.pack_row({"key": "x", "method": "magic"}, {}, "c", tmp_path / "x.psq", [])
