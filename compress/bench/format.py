@@ -1,0 +1,161 @@
+"""Bench section "format": file size against the entropy bound, and load time.
+
+Prints, measured in one run:
+
+* bits per weight of a packed 256x1024 tensor (scales, index, values, headers and
+  metadata: the file's real size) at densities 0.5 / 0.25 / 0.1 / 0.05 and 8 / 4 bits,
+  against the bound ``b*d + H(d)`` (Shannon 1948), with per-channel and per-tensor
+  fp32 scales, each labelled;
+* ``compress.load`` against ``torch.load`` of the same model's fp32 state dict (a
+  2-layer bidirectional LSTM ASR model, ~5.6M parameters), repetitions interleaved,
+  medians reported, one thread;
+* the reference decoder's throughput in weights per second (for information).
+
+Example:
+    >>> from compress.bench.format import run
+    >>> out = run(None)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+from compress.format.stats import bound_bits_per_weight
+from compress.quant import grid
+
+SHAPE = (256, 1024)
+DENSITIES = (0.5, 0.25, 0.1, 0.05)
+BITS = (8, 4)
+
+
+def random_levels(shape, density: float, bits: int, gen: torch.Generator) -> torch.Tensor:
+    """Levels with exactly ``round(density * numel)`` nonzeros at uniformly random positions."""
+    n = shape[0] * shape[1]
+    k = round(density * n)
+    q = torch.zeros(n, dtype=torch.int8)
+    pos = torch.randperm(n, generator=gen)[:k]
+    m = grid.qmax(bits)
+    mag = torch.randint(1, m + 1, (k,), generator=gen, dtype=torch.int8)
+    sign = torch.randint(0, 2, (k,), generator=gen, dtype=torch.int8) * 2 - 1
+    q[pos] = mag * sign
+    return q.view(shape)
+
+
+def size_table(tmp: str, gen: torch.Generator) -> list:
+    from compress.export import pack
+
+    rows = []
+    for bits in BITS:
+        for d in DENSITIES:
+            q = random_levels(SHAPE, d, bits, gen)
+            for gran in ("channel", "tensor"):
+                s = torch.rand(SHAPE[0] if gran == "channel" else (), generator=gen) * 0.09 + 0.01
+                w = grid.dequantize(q, s)
+                path = os.path.join(tmp, "t.psq")
+                summary = pack({"w": w}, path, bits=bits, scales={"w": s})
+                n = q.numel()
+                bpw = 8.0 * os.path.getsize(path) / n
+                dd = int((q != 0).sum()) / n
+                bound = bound_bits_per_weight(bits, dd)
+                rows.append({"bits": bits, "density": d, "scales": gran, "encoding": summary.rows[0].encoding,
+                             "bpw": bpw, "bound": bound, "ratio": bpw / bound})
+    return rows
+
+
+def asr_model() -> torch.nn.Module:
+    """conv1d front end + 2-layer bidirectional LSTM + linear CTC head (~5.6M parameters)."""
+
+    class ASR(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(80, 256, 5, padding=2)
+            self.lstm = torch.nn.LSTM(256, 384, num_layers=2, bidirectional=True, batch_first=True)
+            self.head = torch.nn.Linear(768, 40)
+
+    return ASR()
+
+
+def load_times(tmp: str, reps: int, bits: int, sparsity: float) -> dict:
+    import compress
+    from compress.export import pack
+
+    model = asr_model()
+    sd = model.state_dict()
+    targets = [k for k, v in sd.items() if v.dim() >= 2]
+    for k in targets:
+        w = sd[k] * (torch.rand(sd[k].shape) >= sparsity)
+        sd[k] = grid.snap(w, grid.compute_scale(w, bits), bits)
+    pt, psq = os.path.join(tmp, "m.pt"), os.path.join(tmp, "m.psq")
+    torch.save(model.state_dict(), pt)
+    summary = pack(sd, psq, bits=bits, targets=targets)
+    t_pt, t_psq = [], []
+    for _ in range(reps):  # interleaved, so drift in machine load hits both alike
+        t0 = time.perf_counter()
+        torch.load(pt, weights_only=True)
+        t1 = time.perf_counter()
+        compress.load(psq)
+        t2 = time.perf_counter()
+        t_pt.append(t1 - t0)
+        t_psq.append(t2 - t1)
+    a, b = statistics.median(t_pt), statistics.median(t_psq)
+    params = sum(v.numel() for v in sd.values())
+    return {"params": params, "bits": bits, "sparsity": sparsity, "torch_load_s": a, "compress_load_s": b,
+            "ratio": b / a, "min_ratio": min(t_psq) / min(t_pt), "pt_bytes": os.path.getsize(pt),
+            "psq_bytes": summary.file_bytes}
+
+
+def reference_throughput(tmp: str, gen: torch.Generator) -> float:
+    from compress.decoder import reference
+    from compress.export import pack
+
+    q = random_levels((256, 256), 0.1, 8, gen)
+    path = os.path.join(tmp, "r.psq")
+    pack({"w": grid.dequantize(q, torch.tensor(0.01))}, path, bits=8, scales={"w": torch.tensor(0.01)})
+    buf = open(path, "rb").read()
+    t0 = time.perf_counter()
+    reference.decode_file(buf)
+    return q.numel() / (time.perf_counter() - t0)
+
+
+def add_arguments(group) -> None:
+    """Options of this section, for the ``python -m compress.bench`` dispatcher."""
+    group.add_argument("--format-reps", type=int, default=15, help="interleaved load repetitions (default 15)")
+
+
+def run(args=None) -> dict:
+    """Run the section and print it; returns the figures (see the module docstring)."""
+    reps = int(getattr(args, "format_reps", 0) or 15)
+    torch.set_num_threads(int(getattr(args, "threads", 0) or 1))  # 1 unless the dispatcher says otherwise
+    gen = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = size_table(tmp, gen)
+        loads = [load_times(tmp, reps, 8, 0.5), load_times(tmp, reps, 4, 0.9)]
+        ref_wps = reference_throughput(tmp, gen)
+    print(f"== format: bits per weight of a packed {SHAPE[0]}x{SHAPE[1]} tensor (file size, headers included)")
+    print(f"{'bits':>4} {'density':>7} {'scales':<8} {'encoding':<8} {'b/w':>7} {'bound':>7} {'ratio':>6}  target <= 1.05")
+    for r in sizes:
+        flag = "" if r["ratio"] <= 1.05 else "  MISS"
+        print(f"{r['bits']:>4} {r['density']:>7} {r['scales']:<8} {r['encoding']:<8} {r['bpw']:>7.4f} "
+              f"{r['bound']:>7.4f} {r['ratio']:>6.4f}{flag}")
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"== format: load time, torch threads = {torch.get_num_threads()}, median of {reps} interleaved runs "
+          f"(1-min load average {load_avg:.1f} on {os.cpu_count()} CPUs)")
+    for r in loads:
+        print(f"{r['params']} params, {r['bits']} bits, sparsity {r['sparsity']}: torch.load(fp32 {r['pt_bytes']} B) "
+              f"{r['torch_load_s'] * 1e3:.1f} ms, compress.load({r['psq_bytes']} B) {r['compress_load_s'] * 1e3:.1f} ms, "
+              f"ratio {r['ratio']:.2f}x (target <= 2x; ratio of the fastest runs {r['min_ratio']:.2f}x)")
+    print(f"== format: reference decoder {ref_wps:,.0f} weights/s (pure Python, for information)")
+    return {"sizes": sizes, "load": loads, "reference_weights_per_s": ref_wps, "threads": torch.get_num_threads(),
+            "load_average": load_avg}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Bench the packed format: size vs bound, load time.")
+    add_arguments(parser)
+    run(parser.parse_args())

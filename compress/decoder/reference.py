@@ -1,0 +1,349 @@
+"""Reference decoder for PSQ v1: pure Python, ``struct`` and integer arithmetic only.
+
+Every function maps one-to-one to a C function of the same name; its docstring gives
+the C signature. The code is deliberately plain: an explicit byte cursor, fixed-width
+reads, loops and shifts, with every size checked against the buffer before use. Python
+integers never overflow, so each place where the C port must use a wider type or an
+overflow check is marked ``C:``. CRC-32 is zlib's (``crc32()`` in C).
+
+Example:
+    >>> import torch, compress
+    >>> from compress.export import pack
+    >>> from compress.decoder import reference
+    >>> _ = pack({"w": torch.tensor([[0.5, 0.0], [0.0, -1.0]])}, "/tmp/ref_doc.psq", bits=4)
+    >>> out = reference.decode_file(open("/tmp/ref_doc.psq", "rb").read())
+    >>> out["tensors"][0]["values"], out["tensors"][0]["levels"]
+    ([0.5, 0.0, 0.0, -1.0], [7, 0, 0, -7])
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from compress.format import layout as L
+from compress.format.errors import FormatError
+from compress.format.metadata import parse as parse_metadata
+
+
+def read_uint(buf: bytes, off: int, width: int, field: str) -> int:
+    """``uint64_t read_uint(const uint8_t *buf, size_t len, size_t off, int width)``.
+
+    C: check ``off <= len && width <= len - off`` (never ``off + width <= len``, which can wrap).
+    """
+    if off < 0 or width > len(buf) - off:
+        raise FormatError(f"{field}: truncated, needs {width} bytes at offset {off}")
+    return int.from_bytes(buf[off : off + width], "little")
+
+
+def read_header(buf: bytes) -> dict:
+    """``int read_header(const uint8_t *buf, size_t len, psq_header *h)``: validate the 48-byte header."""
+    if len(buf) < L.HEADER.size:
+        raise FormatError(f"header: file is {len(buf)} bytes, needs at least {L.HEADER.size} at offset 0")
+    magic, major, minor, flags, n, meta_len, file_len, names_len, meta_crc, table_crc, hcrc = L.HEADER.unpack_from(buf, 0)
+    if magic != L.MAGIC:
+        raise FormatError(f"magic: expected {L.MAGIC!r}, found {magic!r} at offset 0")
+    if zlib.crc32(buf[: L.HEADER_CRC_SPAN]) != hcrc:
+        raise FormatError(f"header_crc: checksum mismatch at offset {L.HEADER_CRC_SPAN}")
+    if major != L.MAJOR:
+        raise FormatError(f"major: version {major}.{minor} is not readable by a v{L.MAJOR} reader at offset 8")
+    if flags != 0:
+        raise FormatError(f"flags: unknown required features 0x{flags:08x} at offset 12")
+    if file_len != len(buf):
+        raise FormatError(f"file_len: header says {file_len} bytes, file has {len(buf)} at offset 24")
+    if meta_len > L.MAX_META:
+        raise FormatError(f"meta_len: {meta_len} exceeds {L.MAX_META} at offset 20")
+    # C: compute in uint64_t; n <= 2^32 and RECORD.size = 88 cannot overflow it.
+    table_end = L.HEADER.size + meta_len + n * L.RECORD.size + names_len
+    if table_end > file_len:
+        raise FormatError(f"n_tensors: table of {n} records and {names_len} name bytes runs past the end at offset 16")
+    return {"n_tensors": n, "meta_len": meta_len, "names_len": names_len, "file_len": file_len,
+            "meta_crc": meta_crc, "table_crc": table_crc, "minor": minor, "table_end": table_end}
+
+
+def read_metadata(buf: bytes, h: dict) -> dict:
+    """``int read_metadata(const uint8_t *buf, const psq_header *h, const char **json, size_t *n)``.
+
+    C: the data does not depend on the metadata; a port may hand the bytes to any JSON parser.
+    """
+    off = L.HEADER.size
+    blob = buf[off : off + h["meta_len"]]
+    if zlib.crc32(blob) != h["meta_crc"]:
+        raise FormatError(f"meta_crc: checksum mismatch over metadata at offset {off}")
+    return parse_metadata(blob, off)
+
+
+def check_zero(buf: bytes, start: int, end: int, field: str) -> None:
+    """``int check_zero(const uint8_t *buf, size_t start, size_t end)``: padding must be zero."""
+    for i in range(start, end):
+        if buf[i] != 0:
+            raise FormatError(f"{field}: nonzero padding byte at offset {i}")
+
+
+def read_record(buf: bytes, off: int, i: int) -> dict:
+    """``int read_record(const uint8_t *buf, size_t off, psq_record *r)``: one 88-byte record, unvalidated."""
+    f = L.RECORD.unpack_from(buf, off)
+    return {"name_off": f[0], "name_len": f[1], "rank": f[2], "kind": f[3], "dtype": f[4], "store": f[5],
+            "bits": f[6], "encoding": f[7], "scale_count": f[8], "golomb_m": f[9], "unary_bits": f[10],
+            "dims": list(f[11:17]), "nnz": f[17], "data_off": f[18], "data_len": f[19], "index_len": f[20],
+            "data_crc": f[21], "reserved": f[22], "offset": off, "index": i}
+
+
+def check_record(r: dict, expect_off: int, file_len: int) -> int:
+    """``int check_record(const psq_record *r, uint64_t expect_off, uint64_t file_len, uint64_t *numel)``.
+
+    Checks every field of one record against the spec; returns ``numel``. C: ``numel``
+    is a product of up to six u32 dims: check each multiply against the cap first.
+    """
+    at, dims, rank = r["offset"], r["dims"], r["rank"]
+    if rank > L.MAX_RANK or any(d != 0 for d in dims[rank:]):
+        raise FormatError(f"rank: {rank} or its unused dims are invalid at offset {at + 6}")
+    numel = 1
+    for d in dims[:rank]:
+        numel *= d
+        if numel > L.MAX_NUMEL:
+            raise FormatError(f"dims: element count exceeds {L.MAX_NUMEL} at offset {at + 24}")
+    if r["data_off"] != expect_off or r["data_len"] > file_len - expect_off:
+        raise FormatError(f"data_off: block [{r['data_off']}, +{r['data_len']}) expected at {expect_off} at offset {at + 56}")
+    if r["dtype"] not in L.DTYPES or r["reserved"] != 0:
+        raise FormatError(f"dtype: unknown code {r['dtype']} (or reserved set) at offset {at + 8}")
+    if r["kind"] == L.RAW:
+        ok = r["store"] == r["dtype"] or (r["store"] == L.F16 and r["dtype"] == L.F32)
+        unused = (r["bits"], r["encoding"], r["scale_count"], r["golomb_m"], r["unary_bits"], r["nnz"], r["index_len"])
+        if not ok or any(unused):
+            raise FormatError(f"store: invalid raw record (store {r['store']}, unused fields set) at offset {at + 9}")
+        if r["data_len"] != numel * L.DTYPES[r["store"]][1]:
+            raise FormatError(f"data_len: {r['data_len']} != numel * itemsize at offset {at + 64}")
+        return numel
+    if r["kind"] != L.QUANT or r["store"] != 0 or r["dtype"] not in L.FLOAT_CODES or numel == 0:
+        raise FormatError(f"kind: invalid quantized record (kind {r['kind']}, numel {numel}) at offset {at + 7}")
+    check_quant_fields(r, numel)
+    return numel
+
+
+def check_quant_fields(r: dict, numel: int) -> None:
+    """``int check_quant_fields(const psq_record *r, uint64_t numel)``: bits, encoding, sizes."""
+    at, bits, enc, nnz = r["offset"], r["bits"], r["encoding"], r["nnz"]
+    if not 2 <= bits <= 8:
+        raise FormatError(f"bits: {bits} not in [2, 8] at offset {at + 10}")
+    if r["scale_count"] not in (1, r["dims"][0] if r["rank"] else 1):
+        raise FormatError(f"scale_count: {r['scale_count']} is neither 1 nor dims[0] at offset {at + 12}")
+    if nnz > numel:
+        raise FormatError(f"nnz: {nnz} exceeds numel {numel} at offset {at + 48}")
+    m, ub, ilen = r["golomb_m"], r["unary_bits"], r["index_len"]
+    if enc == L.DENSE:
+        bad, count = m or ub or ilen, numel
+    elif enc == L.BITMASK:
+        bad, count = m or ub or ilen != (numel + 7) // 8, nnz
+    elif enc == L.GOLOMB:
+        w, _ = L.golomb_width(m)
+        # C: ub and nnz * w are < 2^31 * 8 here only after this check; use uint64_t.
+        bad, count = not 1 <= m <= max(1, numel) or ub < nnz or ub + nnz * w > 8 * ilen, nnz
+    else:
+        raise FormatError(f"encoding: unknown code {enc} at offset {at + 11}")
+    if bad:
+        raise FormatError(f"index_len: index fields inconsistent for encoding {enc} at offset {at + 72}")
+    if r["data_len"] != 4 * r["scale_count"] + ilen + L.values_len(count, bits):
+        raise FormatError(f"data_len: {r['data_len']} does not match scales + index + values at offset {at + 64}")
+
+
+def read_table(buf: bytes, h: dict, max_numel: int = L.MAX_NUMEL) -> list:
+    """``int read_table(const uint8_t *buf, const psq_header *h, psq_record *out)``: records, names, layout."""
+    start = L.HEADER.size + h["meta_len"]
+    names_at = start + h["n_tensors"] * L.RECORD.size
+    if zlib.crc32(buf[start : h["table_end"]]) != h["table_crc"]:
+        raise FormatError(f"table_crc: checksum mismatch over table and names at offset {start}")
+    records, seen, name_off, total = [], set(), 0, 0
+    expect = L.align(h["table_end"]) if h["n_tensors"] else h["table_end"]
+    check_zero(buf, h["table_end"], min(expect, h["file_len"]), "padding")
+    for i in range(h["n_tensors"]):
+        r = read_record(buf, start + i * L.RECORD.size, i)
+        if r["name_off"] != name_off or not 1 <= r["name_len"] <= min(L.MAX_NAME, h["names_len"] - name_off):
+            raise FormatError(f"name_off: name [{r['name_off']}, +{r['name_len']}) not contiguous at offset {r['offset']}")
+        try:
+            r["name"] = buf[names_at + name_off : names_at + name_off + r["name_len"]].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"name: not UTF-8 at offset {names_at + name_off}") from None
+        if r["name"] in seen:  # C: sort the names, or hash them, to find duplicates
+            raise FormatError(f"name: duplicate tensor name {r['name']!r} at offset {names_at + name_off}")
+        seen.add(r["name"])
+        name_off += r["name_len"]
+        r["numel"] = check_record(r, expect, h["file_len"])
+        total += r["numel"]
+        if total > max_numel:
+            raise FormatError(f"dims: total element count exceeds the cap {max_numel} at offset {r['offset'] + 24}")
+        end = expect + r["data_len"]
+        expect = L.align(end) if i + 1 < h["n_tensors"] else end
+        check_zero(buf, end, min(expect, h["file_len"]), "padding")
+        records.append(r)
+    if name_off != h["names_len"] or expect != h["file_len"]:
+        raise FormatError(f"file_len: layout ends at {expect} (names {name_off}), file is {h['file_len']} at offset 24")
+    return records
+
+
+def read_bits(buf: bytes, base: int, pos: int, width: int) -> int:
+    """``uint32_t read_bits(const uint8_t *buf, size_t base, uint64_t pos, int width)``: LSB-first field.
+
+    Bit ``pos`` of a stream at byte ``base`` is bit ``pos & 7`` of byte ``base + (pos >> 3)``.
+    C: callers have checked ``pos + width <= 8 * stream_len``; keep the assert anyway.
+    """
+    value = 0
+    for j in range(width):
+        p = pos + j
+        value |= ((buf[base + (p >> 3)] >> (p & 7)) & 1) << j
+    return value
+
+
+def check_pad_bits(buf: bytes, base: int, used_bits: int, length: int, field: str) -> None:
+    """``int check_pad_bits(const uint8_t *buf, size_t base, uint64_t used_bits, size_t len)``."""
+    if (used_bits + 7) // 8 != length:
+        raise FormatError(f"{field}: {used_bits} bits do not fill {length} bytes at offset {base}")
+    if used_bits % 8 and buf[base + length - 1] >> (used_bits % 8):
+        raise FormatError(f"{field}: nonzero pad bits at offset {base + length - 1}")
+
+
+def read_scales(buf: bytes, at: int, count: int, bits: int) -> list:
+    """``int read_scales(const uint8_t *buf, size_t at, uint32_t count, int bits, float *out)``.
+
+    A scale is finite, > 0 and small enough that ``qmax * scale`` is finite in float32.
+    """
+    qmax = (1 << (bits - 1)) - 1
+    out = []
+    for i in range(count):
+        (s,) = struct.unpack_from("<f", buf, at + 4 * i)
+        if not 0.0 < s * qmax <= L.MAX_FLOAT32:  # also false for NaN; C: compare in double
+            raise FormatError(f"scales: scale {s!r} is not finite and positive at offset {at + 4 * i}")
+        out.append(s)
+    return out
+
+
+def decode_levels(buf: bytes, at: int, count: int, bits: int, sparse: bool) -> list:
+    """``int decode_levels(const uint8_t *buf, size_t at, uint64_t count, int bits, int sparse, int8_t *out)``.
+
+    Two's-complement ``bits``-wide fields. ``-2^(bits-1)`` is off the grid; a sparse
+    encoding never stores a zero level (its index already says where the zeros are).
+    """
+    levels, sign = [], 1 << (bits - 1)
+    for i in range(count):
+        v = read_bits(buf, at, i * bits, bits)
+        v = v - (sign << 1) if v & sign else v
+        if v == -sign or (sparse and v == 0):
+            raise FormatError(f"values: level {v} not allowed at offset {at + (i * bits >> 3)}")
+        levels.append(v)
+    check_pad_bits(buf, at, count * bits, L.values_len(count, bits), "values")
+    return levels
+
+
+def decode_bitmask(buf: bytes, at: int, numel: int, nnz: int) -> list:
+    """``int decode_bitmask(const uint8_t *buf, size_t at, uint64_t numel, uint64_t nnz, uint64_t *pos)``."""
+    positions = []
+    for i in range(numel):
+        if (buf[at + (i >> 3)] >> (i & 7)) & 1:
+            positions.append(i)
+    if len(positions) != nnz:
+        raise FormatError(f"index: bitmask has {len(positions)} set bits, nnz is {nnz} at offset {at}")
+    check_pad_bits(buf, at, numel, (numel + 7) // 8, "index")
+    return positions
+
+
+def decode_golomb(buf: bytes, at: int, r: dict) -> list:
+    """``int decode_golomb(const uint8_t *buf, size_t at, const psq_record *r, uint64_t *pos)``.
+
+    Gap ``g = pos - prev - 1`` (``prev`` starts at -1) is ``q * m + rem``: ``q`` zeros then
+    a one in the unary stream, ``rem`` truncated-binary split into a ``w``-bit low field
+    and, when ``low >= u``, one extra bit. C: check ``q <= numel`` before ``q * m``.
+    """
+    m, ub, nnz, numel, ilen = r["golomb_m"], r["unary_bits"], r["nnz"], r["numel"], r["index_len"]
+    w, u = L.golomb_width(m)
+    ucur, ecur, pos, positions = 0, ub + nnz * w, -1, []
+    for i in range(nnz):
+        q = 0
+        while ucur < ub and not read_bits(buf, at, ucur, 1):  # bounded by ub
+            q, ucur = q + 1, ucur + 1
+        if ucur >= ub:
+            raise FormatError(f"index: unary stream ends inside gap {i} at offset {at}")
+        ucur += 1
+        low = read_bits(buf, at, ub + i * w, w)
+        if low >= u:
+            if ecur >= 8 * ilen:
+                raise FormatError(f"index: extra bits run past the index at offset {at}")
+            low, ecur = ((low << 1) | read_bits(buf, at, ecur, 1)) - u, ecur + 1
+        pos += q * m + low + 1
+        if pos >= numel:
+            raise FormatError(f"index: position {pos} outside {numel} elements at offset {at}")
+        positions.append(pos)
+    if ucur != ub:
+        raise FormatError(f"index: unary stream has {ub - ucur} trailing bits at offset {at}")
+    check_pad_bits(buf, at, ecur, ilen, "index")
+    return positions
+
+
+def dequantize_level(q: int, s: float) -> float:
+    """``float dequantize_level(int8_t q, float s)``: ``q * s`` rounded once to float32.
+
+    The double product of an int8 and a float32 is exact (31 significant bits), so one
+    rounding through ``struct 'f'`` equals C's float multiplication ``(float)q * s``.
+    """
+    return struct.unpack("<f", struct.pack("<f", q * s))[0]
+
+
+def decode_raw(buf: bytes, r: dict) -> list:
+    """``int decode_raw(const uint8_t *buf, const psq_record *r, void *out)``: a passthrough tensor.
+
+    C: ``data_off`` is 8-aligned, but the buffer itself may not be: read each value with
+    ``memcpy`` into a local (no casts of ``buf + off`` to ``float *``), then fix the byte
+    order on a big-endian host.
+    """
+    name, size, char = L.DTYPES[r["store"]]
+    at, out = r["data_off"], []
+    for i in range(r["numel"]):
+        if char is None:  # bfloat16: the high half of a float32
+            v = struct.unpack("<f", struct.pack("<I", read_uint(buf, at + 2 * i, 2, "values") << 16))[0]
+        elif char == "?":
+            v = buf[at + i]
+            if v > 1:
+                raise FormatError(f"values: bool byte {v} at offset {at + i}")
+            v = bool(v)
+        else:
+            (v,) = struct.unpack_from("<" + char, buf, at + size * i)
+        if r["store"] in L.FLOAT_CODES and v - v != 0:  # NaN or +-Inf
+            raise FormatError(f"values: non-finite {name} at offset {at + size * i}")
+        out.append(v)
+    return out
+
+
+def decode_tensor(buf: bytes, r: dict) -> dict:
+    """``int decode_tensor(const uint8_t *buf, const psq_record *r, psq_tensor *out)``."""
+    if zlib.crc32(buf[r["data_off"] : r["data_off"] + r["data_len"]]) != r["data_crc"]:
+        raise FormatError(f"data_crc: checksum mismatch for {r['name']!r} at offset {r['data_off']}")
+    out = {"name": r["name"], "shape": r["dims"][: r["rank"]], "dtype": L.DTYPES[r["dtype"]][0],
+           "kind": L.KIND_NAMES[r["kind"]], "bits": r["bits"], "nnz": r["nnz"], "scales": None, "levels": None}
+    if r["kind"] == L.RAW:
+        out.update(encoding=None, values=decode_raw(buf, r))
+        return out
+    numel, bits, enc = r["numel"], r["bits"], r["encoding"]
+    scales = read_scales(buf, r["data_off"], r["scale_count"], bits)
+    idx_at = r["data_off"] + 4 * r["scale_count"]
+    val_at = idx_at + r["index_len"]
+    if enc == L.DENSE:
+        levels = decode_levels(buf, val_at, numel, bits, False)
+        if sum(1 for v in levels if v) != r["nnz"]:
+            raise FormatError(f"nnz: {r['nnz']} does not match the dense values at offset {r['offset'] + 48}")
+    else:
+        positions = decode_bitmask(buf, idx_at, numel, r["nnz"]) if enc == L.BITMASK else decode_golomb(buf, idx_at, r)
+        stored = decode_levels(buf, val_at, r["nnz"], bits, True)
+        levels = [0] * numel  # C: numel was capped in check_record before this allocation
+        for p, v in zip(positions, stored):
+            levels[p] = v
+    per = numel // r["dims"][0] if r["scale_count"] > 1 else numel
+    values = [dequantize_level(q, scales[i // per]) for i, q in enumerate(levels)]
+    out.update(encoding=L.ENCODING_NAMES[enc], scales=scales, levels=levels, values=values)
+    return out
+
+
+def decode_file(buf: bytes, max_numel: int = L.MAX_NUMEL) -> dict:
+    """``int decode_file(const uint8_t *buf, size_t len, psq_file *out)``: header, metadata, every tensor."""
+    h = read_header(buf)
+    meta = read_metadata(buf, h)
+    records = read_table(buf, h, max_numel)
+    return {"version": (L.MAJOR, h["minor"]), "metadata": meta, "tensors": [decode_tensor(buf, r) for r in records]}
