@@ -42,8 +42,15 @@ def broadcast_scale(scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def round_half_away(x: torch.Tensor) -> torch.Tensor:
-    """Round to nearest, ties away from zero (as C's ``lround``; torch.round ties to even)."""
-    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
+    """Round to nearest, ties away from zero (as C's ``lround``; torch.round ties to even).
+
+    ``floor(|x| + 0.5)`` would be wrong for the float just below 0.5 (0.49999997f + 0.5
+    rounds up to 1.0 in float32); the fractional part ``|x| − floor(|x|)`` is exact, so
+    comparing it with 0.5 is not.
+    """
+    a = torch.abs(x)
+    f = torch.floor(a)
+    return torch.sign(x) * (f + (a - f >= 0.5).to(x.dtype))
 
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -109,7 +116,9 @@ def mse_scale(
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best = torch.where(better, s, best)
-    return best
+    # An all-zero channel has zero error at every candidate; keep the contract's Δ = 1.0.
+    empty = (nonzero.sum(dim=dims) == 0).reshape(base.shape) if w.numel() else torch.ones((), dtype=torch.bool)
+    return torch.where(empty, torch.ones_like(best), best)
 
 
 def compute_scale(w: torch.Tensor, bits: int, granularity: str = "channel", clip: str = "max") -> torch.Tensor:

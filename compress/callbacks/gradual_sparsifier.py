@@ -1,0 +1,201 @@
+"""``GradualSparsifier``: magnitude pruning on the Zhu & Gupta (2017) schedule, epoch by epoch.
+
+At each epoch start the target sparsity ``s_t = sparsity_at(epoch, ...)`` (see
+``compress.sparsity.schedule``) is turned into exact-count, monotone magnitude masks
+(``compress.sparsity.masks``), computed on rank 0 and broadcast, so every DDP rank holds
+the same masks. The masks are re-applied after every training batch (that is, after the
+optimizer step), so momentum, weight decay or Adam's moments cannot revive a pruned
+weight between steps; the forward pass always sees exact zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from compress.callbacks import _base
+from compress.sparsity.masks import apply_masks_, magnitude_masks
+from compress.sparsity.schedule import Schedule, check_schedule, check_sparsity, sparsity_at
+
+
+class GradualSparsifierCore:
+    """The callback's logic, independent of the Lightning package it is mixed into."""
+
+    def __init__(
+        self,
+        final_sparsity: float = 0.5,
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        schedule: Schedule = "cubic",
+        scope: str = "layer",
+        initial_sparsity: float = 0.0,
+        targets: Sequence[str] | None = None,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        log_per_layer: bool = True,
+        log_prefix: str = "compress",
+    ) -> None:
+        super().__init__()
+        self.final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
+        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
+        if self.initial_sparsity > self.final_sparsity:
+            raise ValueError(
+                f"initial_sparsity must be <= final_sparsity ({self.final_sparsity}), got {initial_sparsity}"
+            )
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
+        if end_epoch is not None and (
+            isinstance(end_epoch, bool) or not isinstance(end_epoch, int) or end_epoch < start_epoch
+        ):
+            raise ValueError(f"end_epoch must be None or an integer >= start_epoch ({start_epoch}), got {end_epoch!r}")
+        self.schedule = check_schedule(schedule)
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        self.scope = scope
+        self.start_epoch, self.end_epoch = start_epoch, end_epoch
+        _base.check_targets_arg(targets, include, exclude)
+        self.targets, self.include, self.exclude = targets, include, exclude
+        self.log_per_layer = log_per_layer
+        self.log_prefix = _base.check_prefix(log_prefix)
+        self._params: dict[str, torch.nn.Parameter] = {}
+        self._masks: dict[str, torch.Tensor] | None = None  # live masks, on the weights' device
+        self._float_masks: list[torch.Tensor] = []  # same, as 0/1 in the weight dtype, for foreach
+        self._epoch = -1  # epoch whose target the masks hold
+        self._target = 0.0
+
+    @property
+    def state_key(self) -> str:
+        return _base.state_key(
+            self,
+            final_sparsity=self.final_sparsity,
+            start_epoch=self.start_epoch,
+            end_epoch=self.end_epoch,
+            scope=self.scope,
+            targets=self.targets,
+            include=self.include,
+            exclude=self.exclude,
+        )
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """name -> bool mask (True = kept), live; empty before the first epoch."""
+        return dict(self._masks or {})
+
+    def _end_epoch(self, trainer) -> int:
+        if self.end_epoch is not None:
+            return self.end_epoch
+        end = _base.last_epoch(trainer)
+        if end is None:
+            raise ValueError("end_epoch must be given when the trainer's max_epochs is unbounded (None or -1)")
+        return max(end, self.start_epoch)
+
+    def target_at(self, trainer, epoch: int) -> float:
+        """Target sparsity at ``epoch`` under this trainer's schedule."""
+        return sparsity_at(
+            epoch, self.final_sparsity, self.start_epoch, self._end_epoch(trainer), self.schedule, self.initial_sparsity
+        )
+
+    # -- hooks ---------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        _base.check_strategy(trainer, type(self).__name__)
+        self._end_epoch(trainer)  # fail early on an unbounded trainer
+        self._params = {t.name: t.param for t in _base.resolve_targets(pl_module, self.targets, self.include, self.exclude)}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if self._masks is not None and self._epoch == epoch:  # resumed mid-epoch: masks already hold
+            self._install(self._masks)
+            return
+        self._target = self.target_at(trainer, epoch)
+        masks = None
+        if trainer.is_global_zero:
+            weights = {n: p.detach() for n, p in self._params.items()}
+            masks = _base.to_cpu_state(magnitude_masks(weights, self._target, self.scope, self._masks))
+        self._install(_base.broadcast(trainer, masks))
+        self._epoch = epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # After the optimizer step: zero what momentum / weight decay moved.
+        apply_masks_(list(self._params.values()), self._float_masks)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or not self._params:
+            return
+        zeros = {n: int((p.detach() == 0).sum()) for n, p in self._params.items()}
+        total = sum(p.numel() for p in self._params.values())
+        metrics = {
+            f"{self.log_prefix}/sparsity_target": self._target,
+            f"{self.log_prefix}/sparsity": sum(zeros.values()) / total,
+        }
+        if self.log_per_layer:
+            metrics.update({f"{self.log_prefix}/sparsity/{n}": zeros[n] / p.numel() for n, p in self._params.items()})
+        _base.log_metrics(trainer, pl_module, metrics, prog_bar=f"{self.log_prefix}/sparsity")
+
+    def _install(self, masks: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in self._params if n not in masks]
+        if missing:
+            raise ValueError(f"saved GradualSparsifier masks lack targets {missing}; found {list(masks)}")
+        self._masks = {n: masks[n].to(p.device, torch.bool) for n, p in self._params.items()}
+        self._float_masks = [self._masks[n].to(p.dtype) for n, p in self._params.items()]
+        apply_masks_(list(self._params.values()), self._float_masks)
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "version": _base.STATE_VERSION,
+            "masks": _base.to_cpu_state(self._masks or {}),
+            "target_sparsity": float(self._target),
+            "epoch": int(self._epoch),
+            "final_sparsity": self.final_sparsity,
+            "scope": self.scope,
+            "schedule": self.schedule if isinstance(self.schedule, str) else "callable",
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        version = state_dict.get("version")
+        if version != _base.STATE_VERSION:
+            raise ValueError(f"GradualSparsifier state version must be {_base.STATE_VERSION}, got {version!r}")
+        masks = state_dict["masks"]
+        self._masks = {n: m.to(torch.bool) for n, m in masks.items()} if masks else None
+        self._target = float(state_dict["target_sparsity"])
+        self._epoch = int(state_dict["epoch"])
+
+
+class GradualSparsifier(GradualSparsifierCore, pl.Callback):
+    """Gradual magnitude pruning to ``final_sparsity``, with exact counts and monotone masks.
+
+    Schedule (Zhu & Gupta 2017, "To prune, or not to prune", eq. 1), epoch-wise:
+    ``s_t = s_f + (s_0 − s_f)(1 − (t − t_0)/n)³`` for ``t_0 = start_epoch``,
+    ``n = end_epoch − start_epoch``; "linear" or a callable of the progress ``(t − t_0)/n``
+    are also accepted. New masks are computed at each epoch start: exactly
+    ``round(s_t·n)`` weights per tensor (``scope="layer"``) or over the union of targets
+    (``scope="global"``) are pruned, smallest magnitude first, ties by index. Masks never
+    shrink, and are re-applied after every optimizer step.
+
+    Args:
+        final_sparsity: fraction of targeted weights pruned from ``end_epoch`` on, in [0, 1).
+        start_epoch: first epoch that prunes (target ``initial_sparsity`` before it).
+        end_epoch: epoch at which the target reaches ``final_sparsity``; None = the
+            trainer's last epoch (``max_epochs − 1``), so fitting ends fully pruned.
+        schedule: "cubic" (default, Zhu & Gupta), "linear", or ``f(progress) -> fraction``.
+        scope: "layer" (every tensor at the target; predictable per-layer cost) or
+            "global" (one magnitude ranking across tensors).
+        initial_sparsity: ``s_0``, the target at ``start_epoch``.
+        targets: exact parameter names; None = ``compress.find_targets`` defaults.
+        include, exclude: regexes on parameter names that adjust the defaults.
+        log_per_layer: also log each tensor's sparsity.
+        log_prefix: logged keys are ``{log_prefix}/sparsity`` (progress bar),
+            ``/sparsity_target`` and ``/sparsity/{fqn}``; give two instances different ones.
+
+    The state (``state_dict()``) is ``{"version", "masks": {fqn: bool CPU tensor},
+    "target_sparsity", "epoch", ...}``, the checkpoint contract of ARCHITECTURE.md.
+
+    Example:
+        >>> import pytorch_lightning as pl
+        >>> from compress import GradualSparsifier
+        >>> trainer = pl.Trainer(max_epochs=10, callbacks=[GradualSparsifier(final_sparsity=0.8)])
+    """
