@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/compress-train $(DEMO_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m compress.bench $(BENCH_ARGS)
+	mkdir -p bench && $(PY) -m compress.bench --out bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compress tests tutorials

@@ -44,7 +44,7 @@ def test_tiny_run_writes_every_row_and_both_files(tiny):
     assert [r["key"] for r in results["rows"]] == KEYS
     on_disk = json.loads((out / "accuracy.json").read_text())
     assert on_disk["rows"] == results["rows"] and on_disk["targets"] == results["targets"]
-    md = (out / "results.md").read_text()
+    md = (out / "accuracy.md").read_text()
     for row in results["rows"]:
         assert f"| {baselines.label(row)} |" in md
         assert set(row["metrics"]) == {"test_voices", "test_sentences"}

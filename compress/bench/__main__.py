@@ -1,8 +1,10 @@
 """Dispatcher of ``python -m compress.bench [SECTION ...] [--threads N] [--out DIR]``.
 
 With no section named, every registered section runs. Nothing is written unless
-``--out DIR`` is given; then each section's figures go to ``DIR/<section>.json``
-(written atomically).
+``--out DIR`` is given; then each section's figures go to ``DIR/<section>.json``, and
+``DIR/results.md`` collects what every section printed in this one run, with the
+command, the machine and the wall time (all written atomically). ``make bench`` uses
+``--out bench``.
 
 Example:
     python -m compress.bench overhead --repeats 3
@@ -11,11 +13,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import os
+import platform
 import sys
 import tempfile
+import time
 
 # Registered sections, in run order: each is a module compress/bench/<name>.py exposing
 # run(args) -> dict and optionally add_arguments(parser). Add a section with one entry.
@@ -68,13 +74,50 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     print(f"threads: torch.set_num_threads({args.threads}) -> {torch.get_num_threads()}")
+    report = [
+        "# Benchmark results",
+        "",
+        f"- command: `python -m compress.bench {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, python {platform.python_version()}",
+        f"- threads: torch.set_num_threads({args.threads})",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+    ]
     for name in args.sections or SECTIONS:
         print(f"== {name} ==")
-        result = _load(name).run(args)
+        t0 = time.perf_counter()
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
+            result = _load(name).run(args)
         result.setdefault("threads", torch.get_num_threads())
+        report += ["", f"## {name} ({time.perf_counter() - t0:.0f} s)", "", "```", printed.getvalue().rstrip(), "```"]
         if args.out:
             _write_json(os.path.join(args.out, f"{name}.json"), result)
+            _write_text(os.path.join(args.out, "results.md"), "\n".join(report) + "\n")
     return 0
+
+
+class _Tee(io.TextIOBase):
+    """Write to the terminal and keep a copy for results.md."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for stream in self.streams:
+            stream.write(s)
+        return len(s)
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

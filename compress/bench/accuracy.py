@@ -13,7 +13,7 @@ Hydra's compose API): fp32 (``compression=none``), Lightning's ``ModelPruning`` 
 Trainings run as separate processes (``--jobs`` at a time, ``--threads`` each); each writes
 its checkpoint, packed files and figures under ``<out>/accuracy_runs/<training>/``; the
 table is built from those files afterwards. ``--reuse`` skips a training whose checkpoint
-is already there. Results: ``<out>/results.md`` and ``<out>/accuracy.json``.
+is already there. Results: ``<out>/accuracy.md`` and ``<out>/accuracy.json``.
 
     python -m compress.bench.accuracy --size tiny             # the CI smoke run
     python -m compress.bench.accuracy --size full --jobs 2    # the figures (hours)
@@ -222,7 +222,7 @@ def check_targets(rows: list[dict], split: str = SPLIT) -> list[dict]:
 
 
 def format_markdown(results: dict) -> str:
-    """``results.md``: the table, the targets, the run's command, time and machine."""
+    """``accuracy.md``: the table, the targets, the run's command, time and machine."""
     rows, m = results["rows"], results["machine"]
     splits = list(rows[0]["metrics"])
     fp32_bytes = next(r["bytes"] for r in rows if r["method"] == "fp32")
@@ -373,9 +373,9 @@ def run(args=None) -> dict:
     }
     _atomic_write_text(out / "accuracy.json", json.dumps(results, indent=2) + "\n")
     text = format_markdown(results)
-    _atomic_write_text(out / "results.md", text)
+    _atomic_write_text(out / "accuracy.md", text)
     print(text, flush=True)
-    print(f"written: {out / 'results.md'}, {out / 'accuracy.json'}", flush=True)
+    print(f"written: {out / 'accuracy.md'}, {out / 'accuracy.json'}", flush=True)
     return results
 
 
