@@ -7,8 +7,10 @@ Prints, measured in one run:
   against the bound ``b*d + H(d)`` (Shannon 1948), with per-channel and per-tensor
   fp32 scales, each labelled;
 * ``compress.load`` against ``torch.load`` of the same model's fp32 state dict (a
-  2-layer bidirectional LSTM ASR model, ~5.6M parameters), repetitions interleaved,
-  medians reported, one thread;
+  2-layer bidirectional LSTM ASR model, ~5.6M parameters), repetitions interleaved
+  after untimed warm-up calls, medians reported, one thread; wall time and CPU time
+  (``time.process_time``, less sensitive to other processes on a shared machine), and
+  the median page faults per call (fresh memory is what makes a load slow or fast);
 * the reference decoder's throughput in weights per second (for information).
 
 Example:
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -32,6 +35,8 @@ from compress.quant import grid
 SHAPE = (256, 1024)
 DENSITIES = (0.5, 0.25, 0.1, 0.05)
 BITS = (8, 4)
+REPS = 31  # interleaved timed load pairs (median); the machine may be shared and noisy
+WARMUP = 2
 
 
 def random_levels(shape, density: float, bits: int, gen: torch.Generator) -> torch.Tensor:
@@ -81,6 +86,17 @@ def asr_model() -> torch.nn.Module:
     return ASR()
 
 
+def minor_faults() -> int:
+    """Page faults of this process so far (0 where ``resource`` is missing): fresh memory costs
+    microseconds per 4 KiB page, and whether malloc hands a loader fresh or reused memory
+    depends on what ran before, so the count explains most run-to-run swings in load time."""
+    if sys.platform == "win32":
+        return 0
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def load_times(tmp: str, reps: int, bits: int, sparsity: float) -> dict:
     import compress
     from compress.export import pack
@@ -94,19 +110,24 @@ def load_times(tmp: str, reps: int, bits: int, sparsity: float) -> dict:
     pt, psq = os.path.join(tmp, "m.pt"), os.path.join(tmp, "m.psq")
     torch.save(model.state_dict(), pt)
     summary = pack(sd, psq, bits=bits, targets=targets)
-    t_pt, t_psq = [], []
-    for _ in range(reps):  # interleaved, so drift in machine load hits both alike
-        t0 = time.perf_counter()
+    for _ in range(WARMUP):  # untimed: first calls pay imports and lazy initialisation
         torch.load(pt, weights_only=True)
-        t1 = time.perf_counter()
         compress.load(psq)
-        t2 = time.perf_counter()
-        t_pt.append(t1 - t0)
-        t_psq.append(t2 - t1)
-    a, b = statistics.median(t_pt), statistics.median(t_psq)
+    wall, cpu, faults = {"pt": [], "psq": []}, {"pt": [], "psq": []}, {"pt": [], "psq": []}
+    for _ in range(reps):  # interleaved, so drift in machine load hits both alike
+        for key, fn in (("pt", lambda: torch.load(pt, weights_only=True)), ("psq", lambda: compress.load(psq))):
+            f0, t0, c0 = minor_faults(), time.perf_counter(), time.process_time()
+            fn()
+            wall[key].append(time.perf_counter() - t0)
+            cpu[key].append(time.process_time() - c0)
+            faults[key].append(minor_faults() - f0)
+    a, b = statistics.median(wall["pt"]), statistics.median(wall["psq"])
+    ca, cb = statistics.median(cpu["pt"]), statistics.median(cpu["psq"])
     params = sum(v.numel() for v in sd.values())
     return {"params": params, "bits": bits, "sparsity": sparsity, "torch_load_s": a, "compress_load_s": b,
-            "ratio": b / a, "min_ratio": min(t_psq) / min(t_pt), "pt_bytes": os.path.getsize(pt),
+            "ratio": b / a, "min_ratio": min(wall["psq"]) / min(wall["pt"]), "torch_load_cpu_s": ca,
+            "compress_load_cpu_s": cb, "cpu_ratio": cb / ca, "torch_load_faults": statistics.median(faults["pt"]),
+            "compress_load_faults": statistics.median(faults["psq"]), "pt_bytes": os.path.getsize(pt),
             "psq_bytes": summary.file_bytes}
 
 
@@ -125,12 +146,12 @@ def reference_throughput(tmp: str, gen: torch.Generator) -> float:
 
 def add_arguments(group) -> None:
     """Options of this section, for the ``python -m compress.bench`` dispatcher."""
-    group.add_argument("--format-reps", type=int, default=15, help="interleaved load repetitions (default 15)")
+    group.add_argument("--format-reps", type=int, default=REPS, help=f"interleaved load repetitions (default {REPS})")
 
 
 def run(args=None) -> dict:
     """Run the section and print it; returns the figures (see the module docstring)."""
-    reps = int(getattr(args, "format_reps", 0) or 15)
+    reps = int(getattr(args, "format_reps", 0) or REPS)
     torch.set_num_threads(int(getattr(args, "threads", 0) or 1))  # 1 unless the dispatcher says otherwise
     gen = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +170,9 @@ def run(args=None) -> dict:
     for r in loads:
         print(f"{r['params']} params, {r['bits']} bits, sparsity {r['sparsity']}: torch.load(fp32 {r['pt_bytes']} B) "
               f"{r['torch_load_s'] * 1e3:.1f} ms, compress.load({r['psq_bytes']} B) {r['compress_load_s'] * 1e3:.1f} ms, "
-              f"ratio {r['ratio']:.2f}x (target <= 2x; ratio of the fastest runs {r['min_ratio']:.2f}x)")
+              f"ratio {r['ratio']:.2f}x (target <= 2x; ratio of the fastest runs {r['min_ratio']:.2f}x); "
+              f"CPU time {r['torch_load_cpu_s'] * 1e3:.1f} vs {r['compress_load_cpu_s'] * 1e3:.1f} ms, ratio {r['cpu_ratio']:.2f}x; "
+              f"page faults per call {r['torch_load_faults']:.0f} vs {r['compress_load_faults']:.0f}")
     print(f"== format: reference decoder {ref_wps:,.0f} weights/s (pure Python, for information)")
     return {"sizes": sizes, "load": loads, "reference_weights_per_s": ref_wps, "threads": torch.get_num_threads(),
             "load_average": load_avg}

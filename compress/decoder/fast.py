@@ -2,9 +2,16 @@
 
 Header, metadata and table are validated by the reference decoder's own functions (a
 few hundred bytes per tensor, so a shared implementation costs nothing and the two
-decoders cannot disagree on them); the data blocks are decoded with numpy, with the
-same checks as ``reference.decode_tensor`` and no Python loop per element. Output is
-bit-identical to the reference decoder's.
+decoders cannot disagree on them); the data blocks are decoded with numpy and torch,
+with the same checks as ``reference.decode_tensor`` and no Python loop per element.
+Output is bit-identical to the reference decoder's.
+
+Where the time goes: the arithmetic is a few passes over small integers; what costs is
+memory touched for the first time (a page fault per 4 KiB, microseconds each) and large
+temporaries. So the file is read once into one buffer that numpy and torch view without
+copies; all outputs are allocated first (see ``_load``); a quantized tensor's int8 levels
+are scattered into one scratch buffer shared by all tensors (a bitmask is unpacked a
+chunk at a time, so that it stays in cache), then widened and scaled into the output.
 
 Example:
     >>> import torch, compress
@@ -34,13 +41,18 @@ _NUMPY = {1: np.float32, 2: np.float16, 4: np.float64, 5: np.int64, 6: np.int32,
           8: np.int8, 9: np.uint8, 3: np.int16, 10: np.uint8}  # bf16 and bool are reinterpreted below
 _TORCH = {code: getattr(torch, name) for code, (name, _, _) in L.DTYPES.items()}
 
+# Bitmask elements per chunk: large enough that the per-chunk Python overhead (~10 us) is
+# small against the work, small enough that the unpacked bits and their positions stay in
+# cache and are recycled by malloc rather than faulted in. A multiple of 8 (whole bytes).
+CHUNK = 1 << 17
+
 
 @dataclass
 class PackedFile:
     """A validated file: its bytes, metadata and table records (see ``reference.read_table``)."""
 
     path: str
-    buf: bytes
+    buf: bytearray
     version: tuple
     metadata: dict
     records: list
@@ -48,43 +60,49 @@ class PackedFile:
 
 def read_file(path, *, max_numel: int = L.MAX_NUMEL) -> PackedFile:
     """Read and validate header, metadata and table; the data blocks are decoded on demand."""
-    return from_bytes(_read(path), max_numel=max_numel, path=os.fspath(path))
+    return _parse(_read(path), max_numel, os.fspath(path))
 
 
 def from_bytes(buf: bytes, *, max_numel: int = L.MAX_NUMEL, path: str = "<bytes>") -> PackedFile:
-    """``read_file`` for a file already in memory."""
-    buf = bytes(buf)
+    """``read_file`` for a file already in memory (copied: later changes to ``buf`` do not leak in)."""
+    return _parse(bytearray(buf), max_numel, path)
+
+
+def _parse(buf: bytearray, max_numel: int, path: str) -> PackedFile:
+    # A private, writable buffer: numpy views of it can be handed to torch without copies or warnings.
     h = ref.read_header(buf)
     meta = ref.read_metadata(buf, h)
     return PackedFile(path, buf, (L.MAJOR, h["minor"]), meta, ref.read_table(buf, h, max_numel))
 
 
-def _raw(block: np.ndarray, r: dict) -> torch.Tensor:
+def _raw(block: np.ndarray, r: dict, out: torch.Tensor) -> None:
     store = r["store"]
     if store == 10 and int(block.max(initial=0)) > 1:
         at = r["data_off"] + int(np.argmax(block > 1))
         raise FormatError(f"values: bool byte {int(block.max())} at offset {at}")
-    arr = block.view(_NUMPY[store]).copy()  # copy: the tensor must not pin the file's buffer
+    arr = block.view(_NUMPY[store])
     if store in L.FLOAT_CODES:
         wide = (arr.view(np.uint16).astype(np.uint32) << 16).view(np.float32) if store == 3 else arr
         bad = ~np.isfinite(wide)
         if bad.any():
             size = L.DTYPES[store][1]
             raise FormatError(f"values: non-finite {L.DTYPES[store][0]} at offset {r['data_off'] + size * int(np.argmax(bad))}")
-    t = torch.from_numpy(arr)
-    if store == 3:
-        t = t.view(torch.bfloat16)
-    elif store == 10:
-        t = t.to(torch.bool)
-    return t.to(_TORCH[r["dtype"]])
+    t = torch.from_numpy(arr)  # a view of the file's buffer, copied (and widened) into out
+    out.view(-1).copy_(t.view(torch.bfloat16) if store == 3 else t)
 
 
 def _levels(buf: np.ndarray, at: int, count: int, bits: int, sparse: bool) -> np.ndarray:
+    """The ``count`` int8 levels of a value stream, checked; for 8 bits a view of ``buf``."""
     need = L.values_len(count, bits)
-    q = unpack_levels(buf, count, bits)
+    q = buf[:count].view(np.int8) if bits == 8 else unpack_levels(buf, count, bits)
     sign = 1 << (bits - 1)
-    bad = (q == -sign) | (q == 0) if sparse else q == -sign
-    if bad.any():
+    if sparse:  # one pass: the low bits - 1 bits of a level are all zero only for 0 and -sign
+        low = np.bitwise_and(q.view(np.uint8), sign - 1)
+        bad = None if np.count_nonzero(low) == count else low == 0
+    else:
+        bad = q == -sign
+        bad = bad if bad.any() else None
+    if bad is not None:
         i = int(np.argmax(bad))
         raise FormatError(f"values: level {int(q[i])} not allowed at offset {at + (i * bits >> 3)}")
     used = count * bits
@@ -103,45 +121,66 @@ def _scales(buf: np.ndarray, at: int, count: int, bits: int) -> np.ndarray:
     return s
 
 
-def decode(pf: PackedFile, r: dict) -> tuple[torch.Tensor, np.ndarray | None]:
+def decode(pf: PackedFile, r: dict, *, levels: bool = True, scratch: torch.Tensor | None = None,
+           out: torch.Tensor | None = None):
     """One tensor: its values (dtype and shape of the state dict) and int8 levels (None if raw).
 
-    Sparse levels are scattered into a dense int8 array and scaled in one dense pass: fewer
-    and smaller temporaries than scaling the nonzeros first, which is what dominates here
-    (fresh pages of large temporaries cost more than the arithmetic).
+    ``levels=False`` skips the levels (``load`` needs only the values); ``scratch`` is an
+    int8 tensor to reuse across calls; ``out`` is the result, preallocated (see ``_load``).
     """
-    start, end = r["data_off"], r["data_off"] + r["data_len"]
-    if zlib.crc32(pf.buf[start:end]) != r["data_crc"]:
+    start, n = r["data_off"], r["data_len"]
+    if zlib.crc32(memoryview(pf.buf)[start : start + n]) != r["data_crc"]:  # a view: no copy
         raise FormatError(f"data_crc: checksum mismatch for {r['name']!r} at offset {start}")
-    block = np.frombuffer(pf.buf, np.uint8, r["data_len"], start)
+    block = np.frombuffer(pf.buf, np.uint8, n, start)
     shape = tuple(r["dims"][: r["rank"]])
+    if out is None:
+        out = torch.empty(shape, dtype=_TORCH[r["dtype"]])
     if r["kind"] == L.RAW:
-        return _raw(block, r).reshape(shape), None
+        _raw(block, r, out)
+        return out, None
     numel, bits, nnz, enc, sc = r["numel"], r["bits"], r["nnz"], r["encoding"], r["scale_count"]
-    scales = _scales(block, start, sc, bits)
+    scales = torch.from_numpy(_scales(block, start, sc, bits))
     idx_at, val_at = 4 * sc, 4 * sc + r["index_len"]
     index, values = block[idx_at:val_at], block[val_at:]
+    stored = _levels(values, start + val_at, numel if enc == L.DENSE else nnz, bits, enc != L.DENSE)
+    if enc == L.DENSE and int(np.count_nonzero(stored)) != nnz:
+        raise FormatError(f"nnz: {nnz} does not match the dense values at offset {r['offset'] + 48}")
+    if enc == L.BITMASK and numel % 8 and int(index[-1]) >> (numel % 8):
+        raise FormatError(f"index: nonzero pad bits at offset {start + val_at - 1}")
+    if enc == L.GOLOMB:
+        where = golomb.decode(index, r["golomb_m"], r["unary_bits"], nnz, numel, start + idx_at)
+    stored = torch.from_numpy(stored)
     if enc == L.DENSE:
-        q = _levels(values, start + val_at, numel, bits, False)
-        if int(np.count_nonzero(q)) != nnz:
-            raise FormatError(f"nnz: {nnz} does not match the dense values at offset {r['offset'] + 48}")
+        q = stored
     else:
-        if enc == L.BITMASK:
-            # Positions of a *bool* view: nonzero on bool is branch-free and ~10x faster than
-            # on uint8, and a scatter by positions beats boolean-mask assignment at d = 0.5.
-            where = np.flatnonzero(np.unpackbits(index, count=numel, bitorder="little").view(bool))
-            if where.size != nnz:
-                raise FormatError(f"index: bitmask popcount differs from nnz {nnz} at offset {start + idx_at}")
-            if numel % 8 and int(index[-1]) >> (numel % 8):
-                raise FormatError(f"index: nonzero pad bits at offset {start + val_at - 1}")
+        if scratch is None or scratch.numel() < numel:
+            scratch = torch.empty(numel, dtype=torch.int8)
+        q = scratch[:numel]
+        q.zero_()
+        if enc == L.GOLOMB:
+            q.scatter_(0, torch.from_numpy(where), stored)
         else:
-            where = golomb.decode(index, r["golomb_m"], r["unary_bits"], nnz, numel, start + idx_at)
-        stored = _levels(values, start + val_at, nnz, bits, True)
-        q = np.zeros(numel, dtype=np.int8)  # numel is capped by read_table before this allocation
-        q[where] = stored
-    # One float32 multiply per element, zeros included (0 * s = +0.0, as the reference).
-    out = torch.mul(torch.from_numpy(q).view(sc, -1), torch.from_numpy(scales).view(sc, 1))  # (C, numel / C)
-    return out.view(shape).to(_TORCH[r["dtype"]]), q.reshape(shape)
+            v0 = 0
+            for e0 in range(0, numel, CHUNK):  # the bitmap is unpacked a chunk at a time: it stays in cache
+                e1 = min(numel, e0 + CHUNK)
+                bitmap = np.unpackbits(index[e0 >> 3 : (e1 + 7) >> 3], bitorder="little").view(bool)
+                pos = bitmap[: e1 - e0].nonzero()[0]  # on bool, nonzero is branch-free
+                if v0 + pos.size > nnz:
+                    break
+                # A scatter by positions (torch's is ~2x numpy's); boolean-mask assignment is ~10x slower.
+                q[e0:e1].scatter_(0, torch.from_numpy(pos), stored[v0 : v0 + pos.size])
+                v0 += pos.size
+            if v0 != nnz:
+                raise FormatError(f"index: bitmask popcount differs from nnz {nnz} at offset {start + idx_at}")
+    # float32(q) * float32(scale), one rounding, zeros included (0 * s = +0.0, as the reference);
+    # widening, then scaling in place is ~2x faster than one mixed-dtype multiply.
+    direct = out.dtype == torch.float32
+    wide = out.view(sc, -1) if direct else torch.empty((sc, numel // sc))
+    wide.copy_(q.view(sc, -1))
+    wide.mul_(scales.view(sc, 1))
+    if not direct:
+        out.view(sc, -1).copy_(wide)  # float32 -> dtype: the reference's cast of the float32 product
+    return out, (q.clone().numpy().reshape(shape) if levels else None)
 
 
 def load(path, *, max_numel: int = L.MAX_NUMEL) -> dict:
@@ -154,15 +193,28 @@ def load(path, *, max_numel: int = L.MAX_NUMEL) -> dict:
     Raises:
         compress.FormatError: the file is malformed; the message names the field and offset.
     """
-    return load_bytes(_read(path), max_numel=max_numel)
+    return _load(_parse(_read(path), max_numel, os.fspath(path)))
 
 
 def load_bytes(buf: bytes, *, max_numel: int = L.MAX_NUMEL) -> dict:
     """``load`` for a file already in memory."""
-    pf = from_bytes(buf, max_numel=max_numel)
-    return {r["name"]: decode(pf, r)[0] for r in pf.records}
+    return _load(from_bytes(buf, max_numel=max_numel))
 
 
-def _read(path) -> bytes:
+def _load(pf: PackedFile) -> dict:
+    # Every output is allocated before any decoding: freeing a large temporary first would let
+    # malloc return the heap's free memory to the OS, and the outputs would then fault in fresh
+    # pages (a few microseconds per 4 KiB, more than decoding them). Nothing is written yet, so
+    # this costs nothing on memory that the cap on numel (read_table) does not already allow.
+    outs = [torch.empty(tuple(r["dims"][: r["rank"]]), dtype=_TORCH[r["dtype"]]) for r in pf.records]
+    size = max((r["numel"] for r in pf.records if r["kind"] == L.QUANT), default=0)
+    scratch = torch.empty(size, dtype=torch.int8)  # the levels of every quantized tensor in turn
+    return {r["name"]: decode(pf, r, levels=False, scratch=scratch, out=o)[0] for r, o in zip(pf.records, outs)}
+
+
+def _read(path) -> bytearray:
     with open(os.fspath(path), "rb") as f:
-        return f.read()
+        buf = bytearray(os.fstat(f.fileno()).st_size)
+        n = f.readinto(buf)  # one read, straight into the buffer that numpy and torch will view
+    del buf[n:]  # the file shrank meanwhile: the header's file_len check rejects it
+    return buf

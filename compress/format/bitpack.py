@@ -65,23 +65,27 @@ def unpack_fields(buf: np.ndarray, count: int, width: int) -> np.ndarray:
     return ((pair >> (off & 7).astype(np.uint16)) & ((1 << width) - 1)).astype(np.int64)
 
 
-def _sign_table(bits: int) -> np.ndarray:
-    v = np.arange(1 << bits, dtype=np.int16)
-    return np.where(v >= 1 << (bits - 1), v - (1 << bits), v).astype(np.int8)
-
-
-_SIGN = {b: _sign_table(b) for b in range(2, 8)}  # field value -> level, per width
-
-
 def unpack_levels(buf: np.ndarray, count: int, bits: int) -> np.ndarray:
-    """``count`` signed ``bits``-wide two's complement levels, as int8."""
+    """``count`` signed ``bits``-wide two's complement levels, as int8.
+
+    Sign extension is arithmetic (shift the field to the top of an int8, then shift it
+    back with sign), not a table lookup: a gather would first widen every index to intp.
+    """
     if bits == 8:
         return buf[:count].view(np.int8).copy()  # a copy: never alias the (read-only) file buffer
-    if bits in (2, 4):  # fields never straddle bytes: strided shifts, all in uint8
+    if bits in (2, 4):  # fields never straddle bytes: spread each byte's k fields over k bytes
         k = 8 // bits
-        v = np.empty(buf.size * k, dtype=np.uint8)
-        for j in range(k):
-            np.right_shift(buf, j * bits, out=v[j::k])
-        v &= (1 << bits) - 1
-        return _SIGN[bits][v[:count]]
-    return _SIGN[bits][unpack_fields(buf, count, bits)]
+        word = buf.astype(f"<u{k}")  # byte j of the word receives field j, then masked
+        spread = word.copy()
+        for j in range(1, k):
+            spread |= word << (j * (8 - bits))
+        spread &= int.from_bytes(bytes([(1 << bits) - 1] * k), "little")
+        v = spread.view(np.int8)  # contiguous: field i is byte i
+        v <<= 8 - bits  # the field's sign bit to the int8's, and back: sign extension
+        v >>= 8 - bits
+        return v[:count]
+    sign = 1 << (bits - 1)
+    f = unpack_fields(buf, count, bits)
+    f ^= sign  # (f ^ sign) - sign maps [sign, 2 * sign) to [-sign, 0)
+    f -= sign
+    return f.astype(np.int8)
