@@ -108,6 +108,8 @@ def format_results(results: dict) -> str:
         f"{100 * results['overall_sparsity']:.1f}%",
         f"- training time: {results['train_seconds']:.0f} s for {results['epochs']} epochs",
     ]
+    if results.get("onnx_bytes"):
+        lines.append(f"- ONNX (int8 initializers + DequantizeLinear): {results['onnx_bytes']:,} bytes")
     if results["layers"]:
         lines += ["", "| layer | shape | bits | sparsity |", "|---|---|---|---|"]
         for row in results["layers"]:
@@ -182,10 +184,16 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     fp32_bytes = fp32_path.stat().st_size
     fp32_path.unlink()
 
+    onnx_bytes = None
     if cfg.export.get("onnx"):
-        from compress.export.onnx import to_onnx
+        if not state.scales:
+            print("export.onnx: skipped, the recipe has no QuantizationRegularizer (nothing to store as int8)")
+        else:
+            from compress.cli.export_onnx import example_inputs, export_graphs
 
-        to_onnx(model, out / "model.onnx", state=state)
+            x, lengths = example_inputs(2, 200, int(model.hparams.n_mels))
+            graphs = export_graphs(model, state, str(out / "model.onnx"), x, lengths, opset=17)
+            onnx_bytes = sum(g.size_bytes for g in graphs.values())
 
     layers = _layer_table(model, state.bits if state.has_regularizer else bits, state.masks)
     total = sum(torch.Size(r["shape"]).numel() for r in layers)
@@ -199,6 +207,7 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
         "fp32_bytes": fp32_bytes,
         "checkpoint_bytes": ckpt_path.stat().st_size,
         "packed_bytes": packed_path.stat().st_size,
+        "onnx_bytes": onnx_bytes,
         "compression_ratio": fp32_bytes / packed_path.stat().st_size,
         "overall_sparsity": zeros / total if total else 0.0,
         "layers": layers,

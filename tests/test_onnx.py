@@ -461,12 +461,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_cli_parity_check_catches_a_different_model(tmp_path):
     from compress.cli import CliError
-    from compress.cli.export_onnx import _check_parity, _export_graphs
+    from compress.cli.export_onnx import _check_parity, export_graphs
 
     model = built_in("CTCLSTM")(**SMALL["CTCLSTM"]).eval()
     state = make_state(model)
     x, n = batch(2, 48, feats=80)
-    graphs = _export_graphs(model, state, str(tmp_path / "m.onnx"), x, n, 17)
+    graphs = export_graphs(model, state, str(tmp_path / "m.onnx"), x, n, 17)
     assert _check_parity(model, state, graphs, [(x, n)]) <= 1e-4
     with torch.no_grad():
         model.head.bias[0] += 1e-3  # a float tensor the graph holds: now stale (log_softmax ignores uniform shifts)

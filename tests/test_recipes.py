@@ -51,9 +51,9 @@ def test_one_epoch_run_writes_every_output(tmp_path, data_dir):
     from compress.decoder.fast import load
     from compress.train import run
 
-    cfg = compose(["experiment=tiny", f"data.data_dir={data_dir}"])
+    cfg = compose(["experiment=tiny", f"data.data_dir={data_dir}", "export.onnx=true"])
     results = run(cfg, tmp_path)
-    for name in ["model.ckpt", "model.psq", "results.json", "results.md"]:
+    for name in ["model.ckpt", "model.psq", "model.onnx", "results.json", "results.md"]:
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
     assert results["recipe"] == "ctc_lstm+sparse50_qreg8"
@@ -69,6 +69,7 @@ def test_one_epoch_run_writes_every_output(tmp_path, data_dir):
     for name, t in ckpt["state_dict"].items():
         assert torch.equal(decoded[name], t), name
     assert results["packed_bytes"] < results["fp32_bytes"] / 4
+    assert results["onnx_bytes"] == (tmp_path / "model.onnx").stat().st_size
     assert all(abs(r["sparsity"] - 0.5) < 0.01 and r["bits"] == 8 for r in results["layers"])
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["packed_bytes"] == (tmp_path / "model.psq").stat().st_size

@@ -72,7 +72,7 @@ def _features(ckpt: dict, given: int | None) -> int:
     raise CliError(f"cannot tell the feature size: none of {FEATURE_KEYS} in hyper_parameters; pass --features N")
 
 
-def _example(batch: int, frames: int, feats: int, seed: int = 0):
+def example_inputs(batch: int, frames: int, feats: int, seed: int = 0):
     """Random features (B, T, F) and lengths (B,), the first at full length."""
     import torch
 
@@ -115,7 +115,7 @@ def _rnnt_greedy(encode, predict, join, x, lengths, state_shape, blank=0, max_sy
     return enc, hyps
 
 
-def _export_graphs(model, state, out: str, x, lengths, opset: int) -> dict:
+def export_graphs(model, state, out: str, x, lengths, opset: int) -> dict:
     """Write the graph(s) of ``model``; ``{role: OnnxExport}``."""
     import torch
 
@@ -257,9 +257,9 @@ def run(args) -> int:
     except Exception as err:  # a class that does not fit the checkpoint: one line, not a traceback
         raise CliError(f"CKPT: {cls.__name__}.load_from_checkpoint failed: {str(err).splitlines()[0]}") from None
     feats = _features(ckpt, args.features)
-    x, lengths = _example(args.batch, args.frames, feats)
+    x, lengths = example_inputs(args.batch, args.frames, feats)
     try:
-        graphs = _export_graphs(model, state, args.output, x, lengths, args.opset)
+        graphs = export_graphs(model, state, args.output, x, lengths, args.opset)
     except (ValueError, TypeError) as err:  # bad settings, named by to_onnx
         raise CliError(str(err).splitlines()[0]) from None
     onnx_bytes = sum(g.size_bytes for g in graphs.values())
@@ -279,7 +279,7 @@ def run(args) -> int:
     if packed is not None:
         print(f"packed sparse-int8 file: {_size(packed)}  ratio {fp32_bytes / packed:.2f}x vs ONNX fp32")
     if not args.no_check:
-        second = _example(args.batch + 1, args.frames + args.frames // 2 + 3, feats, seed=1)
+        second = example_inputs(args.batch + 1, args.frames + args.frames // 2 + 3, feats, seed=1)
         worst = _check_parity(model, state, graphs, [(x, lengths), second])
         print(f"parity: max abs difference {worst:.2e} (<= {TOLERANCE:g}), identical greedy output")
     return 0
