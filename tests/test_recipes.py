@@ -125,3 +125,30 @@ def test_report_errors_are_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == f"compress: error: DIR: no results.json under {tmp_path} " \
         "(is it a compress-train output directory?)"
+
+
+SMALL = {
+    "rnnt": ["~model.hidden_size", "~model.num_layers", "+model.encoder_hidden=32", "+model.encoder_layers=1",
+             "+model.pred_hidden=32", "+model.joint_dim=32", "+model.embed_dim=16"],
+    "conformer_ctc": ["~model.hidden_size", "model.num_layers=1", "+model.d_model=32", "+model.num_heads=2",
+                      "+model.ffn_dim=64", "+model.kernel_size=3"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(SMALL))
+def test_other_models_run_through_the_recipe(tmp_path, data_dir, model):
+    from compress.train import run
+
+    cfg = compose(["experiment=tiny", f"model={model}", f"data.data_dir={data_dir}", *SMALL[model]])
+    results = run(cfg, tmp_path)
+    assert results["recipe"] == f"{model}+sparse50_qreg8"
+    assert results["packed_matches_trained"] is True
+    assert results["layers"] and all(abs(r["sparsity"] - 0.5) < 0.01 for r in results["layers"])
+
+
+def test_rnnt_full_experiment_composes():
+    cfg = compose(["experiment=rnnt_full"])
+    assert cfg.model._target_ == "compress.models.RNNT"
+    assert cfg.trainer.max_epochs == 30 and cfg.data.corpus.num_train == 16000
+    assert set(cfg.compression) == {"gradual_sparsifier", "quantization_regularizer"}
