@@ -42,7 +42,10 @@ def _instantiate(cfg, key: str, **kwargs):
     from hydra.utils import instantiate
 
     try:
-        return instantiate(cfg, **kwargs)
+        # _convert_="all": plain dicts/lists reach the constructors, so hyperparameters
+        # saved in the checkpoint hold no OmegaConf objects and the checkpoint loads with
+        # torch.load(weights_only=True), as `compress export` does by default.
+        return instantiate(cfg, _convert_="all", **kwargs)
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise ConfigError(f"{key}: {cause}") from None
@@ -164,15 +167,14 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     model.eval()
     trained = _evaluate(model, dm, eval_trainer)
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state = read_compression_state(checkpoint)
     # Without a regularizer the weights were never trained toward a grid: pruned-only
     # runs are rounded to int8 after training (post-training quantization); the fp32
     # baseline passes through unquantized.
     bits = None if state.has_regularizer else {name: 8 for name in state.masks}
     packed_path = out / "model.psq"
-    summary = pack(str(ckpt_path), str(packed_path), bits=bits, recipe=str(cfg.recipe), progress=True,
-                   trust_checkpoint=True)
+    summary = pack(checkpoint, str(packed_path), bits=bits, recipe=str(cfg.recipe), progress=True)
 
     rebuilt = _instantiate(cfg.model, "model")
     rebuilt.load_state_dict(load(packed_path), strict=True)
