@@ -25,15 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from compress.atomic import write_text
 from compress.recipe_checks import ConfigError, check_config
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _instantiate(cfg, key: str, **kwargs):
@@ -217,8 +212,8 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
         "epochs": trainer.current_epoch,
         "packed_summary": str(summary),
     }
-    _atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    _atomic_write_text(out / "results.md", format_results(results))
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(out / "results.md", format_results(results))
     return results
 
 

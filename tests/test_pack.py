@@ -101,24 +101,26 @@ def test_deterministic(tmp_path):
 
 
 def test_atomic_when_the_write_fails_midway(tmp_path, monkeypatch):
+    import compress.atomic as atomic_module
+
     path = tmp_path / "model.psq"
     pack(checkpoint(), path)
     old = path.read_bytes()
-    calls = []
+    real_chunks = pack_module.chunks
 
-    def failing(f, block):
-        calls.append(len(block))
-        if len(calls) == 4:  # header, metadata and table are written; the data is not
-            raise OSError("disk full")
-        f.write(block)
+    def failing(*args, **kwargs):
+        for i, block in enumerate(real_chunks(*args, **kwargs)):
+            if i == 3:  # header, metadata and table are written; the data is not
+                raise OSError("disk full")
+            yield block
 
-    monkeypatch.setattr(pack_module, "_write_block", failing)
+    monkeypatch.setattr(pack_module, "chunks", failing)
     with pytest.raises(OSError, match="disk full"):
         pack(checkpoint(bits=8), path)
     assert path.read_bytes() == old
     assert os.listdir(tmp_path) == ["model.psq"]  # no temporary file left behind
-    monkeypatch.setattr(pack_module.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("fsync failed")))
-    monkeypatch.setattr(pack_module, "_write_block", lambda f, b: f.write(b))
+    monkeypatch.setattr(pack_module, "chunks", real_chunks)
+    monkeypatch.setattr(atomic_module.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("fsync failed")))
     with pytest.raises(OSError, match="fsync"):
         pack(checkpoint(bits=8), path)
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["model.psq"]

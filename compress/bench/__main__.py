@@ -20,8 +20,9 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
+
+from compress.atomic import write_text
 
 # Registered sections, in run order: each is a module compress/bench/<name>.py exposing
 # run(args) -> dict and optionally add_arguments(parser). Add a section with one entry.
@@ -33,17 +34,7 @@ def _load(name: str):
 
 
 def _write_json(path: str, data: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         report += ["", f"## {name} ({time.perf_counter() - t0:.0f} s)", "", "```", printed.getvalue().rstrip(), "```"]
         if args.out:
             _write_json(os.path.join(args.out, f"{name}.json"), result)
-            _write_text(os.path.join(args.out, "results.md"), "\n".join(report) + "\n")
+            write_text(os.path.join(args.out, "results.md"), "\n".join(report) + "\n")
     return 0
 
 
@@ -113,12 +104,3 @@ class _Tee(io.TextIOBase):
             stream.flush()
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -125,10 +125,11 @@ def work(spec: dict) -> dict:
     import pytorch_lightning as pl
     import torch
 
+    from compress.atomic import write_text
     from compress.bench.baselines import lightning_pruning, pack_row
     from compress.decoder.fast import load
     from compress.targets import find_targets
-    from compress.train import _atomic_write_text, _evaluate, _instantiate, build_callbacks
+    from compress.train import _evaluate, _instantiate, build_callbacks
 
     cfg = compose_config(spec["overrides"] + [f"compression={spec['compression']}"])
     torch.set_num_threads(int(cfg.threads))
@@ -155,7 +156,7 @@ def work(spec: dict) -> dict:
         os.replace(run_dir / ".model.ckpt.tmp", ckpt)
         meta = {"train_seconds": seconds, "epochs": int(trainer.current_epoch), "threads": torch.get_num_threads(),
                 "settings": settings}
-        _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+        write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
 
@@ -181,7 +182,7 @@ def work(spec: dict) -> dict:
                      "decoded_sparsity": zeros / max(total, 1), "train_seconds": meta["train_seconds"],
                      "metrics": _evaluate(rebuilt, dm, eval_trainer)})
     out = {"name": spec["name"], "train": meta, "rows": rows}
-    _atomic_write_text(run_dir / "rows.json", json.dumps(out, indent=2) + "\n")
+    write_text(run_dir / "rows.json", json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -264,10 +265,10 @@ def format_markdown(results: dict) -> str:
 
 # -- the parent: plan, launch, collect ---------------------------------------------------------
 def _launch(spec: dict, log_path: Path, threads: int) -> subprocess.Popen:
-    from compress.train import _atomic_write_text
+    from compress.atomic import write_text
 
     spec_path = log_path.with_suffix(".spec.json")
-    _atomic_write_text(spec_path, json.dumps(spec, indent=2) + "\n")
+    write_text(spec_path, json.dumps(spec, indent=2) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
     log = open(log_path, "w")
@@ -335,7 +336,8 @@ def run(args=None) -> dict:
     """Run the section (all trainings, then the table); returns the results dict."""
     import torch
 
-    from compress.train import _atomic_write_text, _instantiate
+    from compress.atomic import write_text
+    from compress.train import _instantiate
 
     opts = _options(args)
     t0 = time.perf_counter()
@@ -371,9 +373,9 @@ def run(args=None) -> dict:
                     "jobs": opts.jobs, "threads_per_training": opts.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "platform": platform.platform()},
     }
-    _atomic_write_text(out / "accuracy.json", json.dumps(results, indent=2) + "\n")
+    write_text(out / "accuracy.json", json.dumps(results, indent=2) + "\n")
     text = format_markdown(results)
-    _atomic_write_text(out / "accuracy.md", text)
+    write_text(out / "accuracy.md", text)
     print(text, flush=True)
     print(f"written: {out / 'accuracy.md'}, {out / 'accuracy.json'}", flush=True)
     return results

@@ -51,10 +51,9 @@ def run(args) -> int:
     text = table(results)
     print(text)
     if args.output:
-        out = Path(args.output)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        from compress.atomic import write_text
+
+        write_text(args.output, text + "\n")
     return 0
 
 

@@ -29,7 +29,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from compress.export.pack import write_atomic
+from compress.atomic import write_bytes
 from compress.quant import grid
 
 # Per-axis DequantizeLinear (a (C,) scale with an ``axis``) exists from opset 13 on.
@@ -411,6 +411,6 @@ def to_onnx(model: torch.nn.Module, state, example_inputs: Sequence[torch.Tensor
     done, covered = quantize_initializers(proto, weights)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
-    write_atomic(path, [data])  # temp file beside path, fsync, os.replace
+    write_bytes(path, [data])  # temp file beside path, fsync, os.replace
     partial = tuple(k for k, (w, _) in weights.items() if any((k, r) not in covered for r in range(w.shape[0])))
     return OnnxExport(path, len(data), len(fp32), tuple(done), partial)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from compress.atomic import write_bytes
 from compress.export.sources import resolve
 from compress.format import layout as L
 from compress.format import metadata as M
@@ -111,33 +111,6 @@ def _encode_raw(name: str, t: torch.Tensor, passthrough: torch.dtype) -> dict:
     return encode_raw(payload, tuple(t.shape), code, store)
 
 
-def _write_block(f, block: bytes) -> None:
-    f.write(block)
-
-
-def write_atomic(path: str, parts) -> int:
-    """Write ``parts`` to a temp file beside ``path``, fsync, then ``os.replace``; return the size.
-
-    An exception at any point removes the temp file and leaves an existing ``path`` intact.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for block in parts:
-                _write_block(f, block)
-                size += len(block)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return size
-
-
 def pack(source, path, *, callbacks=None, bits=None, targets=None, scales=None, masks=None,
          granularity: str = "channel", passthrough_dtype: str = "float32", recipe: str | None = None,
          metadata: dict | None = None, progress: bool = False, trust_checkpoint: bool = False) -> PackSummary:
@@ -197,5 +170,5 @@ def pack(source, path, *, callbacks=None, bits=None, targets=None, scales=None, 
             fields = _encode_raw(name, t, PASSTHROUGH[passthrough_dtype])
         entries.append((name, fields))
     path = os.fspath(path)
-    size = write_atomic(path, chunks(entries, meta_bytes))
+    size = write_bytes(path, chunks(entries, meta_bytes))
     return PackSummary(path, [row(n, f, len(f["block"])) for n, f in entries], size)
