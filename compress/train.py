@@ -18,7 +18,6 @@ Each run writes into its Hydra output directory:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -177,12 +176,10 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     rebuilt.eval()
     packed = _evaluate(rebuilt, dm, eval_trainer)
 
-    # The fp32 reference size: the state dict as torch.save writes it, measured in memory
-    # so that no temporary file can be left in the run directory.
-    fp32_buffer = io.BytesIO()
-    torch.save({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, fp32_buffer)
-    fp32_bytes = fp32_buffer.getbuffer().nbytes
-    packed_bytes = packed_path.stat().st_size
+    fp32_path = out / ".fp32_state_dict.pt"
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, fp32_path)
+    fp32_bytes = fp32_path.stat().st_size
+    fp32_path.unlink()
 
     onnx_bytes = None
     if cfg.export.get("onnx"):
@@ -206,9 +203,9 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
         "packed_matches_trained": trained == packed,
         "fp32_bytes": fp32_bytes,
         "checkpoint_bytes": ckpt_path.stat().st_size,
-        "packed_bytes": packed_bytes,
+        "packed_bytes": packed_path.stat().st_size,
         "onnx_bytes": onnx_bytes,
-        "compression_ratio": fp32_bytes / packed_bytes,
+        "compression_ratio": fp32_bytes / packed_path.stat().st_size,
         "overall_sparsity": zeros / total if total else 0.0,
         "layers": layers,
         "train_seconds": train_seconds,
