@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -176,10 +177,13 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     rebuilt.eval()
     packed = _evaluate(rebuilt, dm, eval_trainer)
 
-    fp32_path = out / ".fp32_state_dict.pt"
-    torch.save({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, fp32_path)
-    fp32_bytes = fp32_path.stat().st_size
-    fp32_path.unlink()
+    # The fp32 baseline size is that of a real torch.save file. It is written in a private
+    # temporary directory (removed even on error), never in the run directory; the file
+    # name is kept because torch.save names the archive after it, which counts in bytes.
+    with tempfile.TemporaryDirectory(prefix="compress-fp32-") as tmp:
+        fp32_path = Path(tmp) / ".fp32_state_dict.pt"
+        torch.save({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}, fp32_path)
+        fp32_bytes = fp32_path.stat().st_size
 
     onnx_bytes = None
     if cfg.export.get("onnx"):

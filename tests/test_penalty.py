@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compress.quant import grid
-from compress.quant.penalty import grid_distance, penalty, penalty_grad, scaled_grad_
+from compress.quant.penalty import clipped, grid_distance, penalty, penalty_grad, scaled_grad_
 
 
 def test_zero_on_grid_and_largest_halfway():
@@ -26,7 +26,7 @@ def test_zero_on_grid_and_largest_halfway():
 @pytest.mark.parametrize("shape,gran", [((6, 5), "channel"), ((6, 5), "tensor"), ((4, 3, 5), "channel"), ((7,), "tensor")])
 def test_closed_form_gradient_matches_autograd_float64(shape, gran, bits):
     w = (torch.randn(shape, dtype=torch.float64) * 0.3).requires_grad_()
-    # MSE clipping leaves weights beyond qmax·Δ: the clip term is exercised
+    # MSE clipping leaves weights beyond qmax·Δ: the flat part beyond the range is exercised
     scale = grid.compute_scale(w.detach(), bits or 4, gran, clip="mse").to(torch.float64)
     if bits is not None:
         assert (w.detach().abs() > grid.broadcast_scale(scale, w) * grid.qmax(bits)).any()
@@ -42,7 +42,7 @@ def test_scaled_grad_is_lambda_delta2_over_pi2_times_autograd(bits, clip):
     lam = 0.7
     s = grid.broadcast_scale(scale, w)
     out = torch.ones_like(w.detach())
-    scaled_grad_(out, w.detach(), 1.0 / s, s * (lam / math.pi), s * grid.qmax(bits), lam)
+    scaled_grad_(out, w.detach(), 1.0 / s, s * (lam / math.pi), s * grid.qmax(bits))
     expected = 1.0 + lam * (s / math.pi) ** 2 * w.grad  # added to what was there
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
     inside = w.detach().abs() <= s * grid.qmax(bits)
@@ -52,6 +52,20 @@ def test_scaled_grad_is_lambda_delta2_over_pi2_times_autograd(bits, clip):
     torch.testing.assert_close(
         (out - 1.0)[near], (lam * (w.detach() - grid.snap(w.detach(), scale, bits)))[near], rtol=0.01, atol=1e-7
     )
+
+
+def test_no_pull_beyond_the_clipping_range():
+    # Beyond ±qmax·Δ the penalty is flat: no gradient, so the task can grow the range
+    # (Δ follows at the next epoch); inside it, the usual pull toward the nearest level.
+    scale = torch.tensor(0.5, dtype=torch.float64)
+    w = torch.tensor([3.4, 3.6, 5.0, -9.0, -3.3], dtype=torch.float64)  # 4 bits: top level 3.5
+    g = penalty_grad(w, scale, 4)
+    assert g[1:4].abs().max() < 1e-12 and g[0] < 0 and g[4] > 0  # sin(7π) is 0 up to rounding
+    out = torch.zeros_like(w)
+    scaled_grad_(out, w, 1.0 / scale, scale * (1.0 / math.pi), scale * 7)
+    assert out[1:4].eq(0).all() and out[0] < 0 and out[4] > 0
+    assert float(penalty(w[1:4], scale, 4)) < 1e-12
+    assert clipped(w, scale, 4).tolist() == [False, False, True, True, False]  # beyond 3.75
 
 
 def test_grid_distance_units_of_delta():

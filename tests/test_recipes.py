@@ -55,6 +55,9 @@ def test_one_epoch_run_writes_every_output(tmp_path, data_dir):
     results = run(cfg, tmp_path)
     for name in ["model.ckpt", "model.psq", "model.onnx", "results.json", "results.md"]:
         assert (tmp_path / name).is_file(), name
+    # Only the outputs and the TensorBoard folder: no temporary file left in the run directory.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model.ckpt", "model.psq", "model.onnx", "results.json", "results.md", "tb"])
     assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
     assert results["recipe"] == "ctc_lstm+sparse50_qreg8"
     assert set(results["metrics"]) == {"test_voices", "test_sentences"}

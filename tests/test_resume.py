@@ -40,6 +40,16 @@ class Interrupt(pl.Callback):
             raise RuntimeError("interrupted")
 
 
+class SeeRestored(pl.Callback):
+    """Records the sparsifier's masks and the regularizer's scales before the first resumed epoch."""
+
+    def __init__(self, cbs):
+        self.cbs, self.masks, self.scales = cbs, None, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.masks, self.scales = self.cbs[0].masks, self.cbs[1].scales
+
+
 def callbacks(ckpt_dir=None, extra=()):
     cbs = [GradualSparsifier(final_sparsity=0.6, scope="global"), QuantizationRegularizer(bits=4, weight=0.5)]
     if ckpt_dir is not None:
@@ -71,7 +81,18 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert ckpt["epoch"] == 1
     sp_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("GradualSparsifier"))
     assert 0 < sp_state["target_sparsity"] < 0.6
-    model, cbs = run(callbacks(), ckpt_path=tmp_path / "last.ckpt")
+    cbs = callbacks()
+    seen = SeeRestored(cbs)
+    model, cbs = run(cbs + [seen], ckpt_path=tmp_path / "last.ckpt")
+
+    # The state came back from the checkpoint itself, before any epoch could recompute it
+    # (the end-to-end comparison below alone would not notice lost masks: re-pruning by
+    # magnitude finds the same zeros).
+    saved_masks, saved_scales = sp_state["masks"], ckpt["callbacks"][cbs[1].state_key]["scales"]
+    assert seen.masks.keys() == saved_masks.keys() and len(saved_masks) == 3
+    assert all(torch.equal(seen.masks[n].cpu(), saved_masks[n]) for n in saved_masks)
+    assert any(bool((~m).any()) for m in saved_masks.values())  # mid-schedule: something is pruned
+    assert all(torch.equal(seen.scales[n], saved_scales[n]) for n in saved_scales)
 
     for (n, p), (n_ref, p_ref) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert n == n_ref and torch.equal(p, p_ref), n

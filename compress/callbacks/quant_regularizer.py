@@ -16,7 +16,7 @@ import torch
 
 from compress.callbacks import _base
 from compress.quant.grid import broadcast_scale, check_bits, compute_scale, qmax, snap
-from compress.quant.penalty import grid_distance, penalty, scaled_grad_
+from compress.quant.penalty import clipped, grid_distance, penalty, scaled_grad_
 
 # λ default, measured (docs/callbacks.md): a 2-layer LSTM (40→64, 10 classes) trained
 # 10 epochs with AdamW (lr 3e-3), then fine-tuned 4 epochs at 4 bits: the mean distance
@@ -46,6 +46,7 @@ class QuantizationRegularizerCore:
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         warmup_epochs: int = 0,
+        start_epoch: int = 0,
         snap_on_fit_end: bool = True,
         log_histograms: bool = True,
         log_prefix: str = "compress",
@@ -65,6 +66,9 @@ class QuantizationRegularizerCore:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
         self.warmup_epochs = warmup_epochs
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
+        self.start_epoch = start_epoch
         if not isinstance(snap_on_fit_end, bool):
             raise TypeError(f"snap_on_fit_end must be a bool, got {snap_on_fit_end!r}")
         self.snap_on_fit_end = snap_on_fit_end
@@ -97,10 +101,12 @@ class QuantizationRegularizerCore:
         return dict(self._scales)
 
     def lambda_at(self, epoch: int) -> float:
-        """λ at ``epoch``: ``weight`` (or ``weight(epoch)``) times the linear warm-up ramp
-        ``min(1, (epoch + 1) / (warmup_epochs + 1))``."""
+        """λ at ``epoch``: 0 before ``start_epoch``, then ``weight`` (or ``weight(epoch)``)
+        times the linear warm-up ramp ``min(1, (epoch − start_epoch + 1) / (warmup_epochs + 1))``."""
+        if epoch < self.start_epoch:
+            return 0.0
         lam = _check_weight(self.weight(epoch) if callable(self.weight) else self.weight, "weight(epoch)")
-        return lam * min(1.0, (epoch + 1) / (self.warmup_epochs + 1))
+        return lam * min(1.0, (epoch - self.start_epoch + 1) / (self.warmup_epochs + 1))
 
     # -- grid ----------------------------------------------------------------------------
     def _refresh(self, trainer) -> None:
@@ -165,7 +171,7 @@ class QuantizationRegularizerCore:
         with torch.no_grad():
             for n, p in self._params.items():
                 if p.grad is not None and id(p) in ids:
-                    scaled_grad_(p.grad, p, self._inv[n], self._coef[n], self._limit[n], self._lambda, self._work[n])
+                    scaled_grad_(p.grad, p, self._inv[n], self._coef[n], self._limit[n], self._work[n])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Snap before the last epoch's validation and ModelCheckpoint save.
@@ -185,7 +191,7 @@ class QuantizationRegularizerCore:
 
     @torch.no_grad()
     def _log(self, trainer, pl_module) -> None:
-        pen = dist = near = 0.0
+        pen = dist = near = clip = 0.0
         total = 0
         for n, p in self._params.items():
             s = self._scales[n].to(p.device)
@@ -193,11 +199,13 @@ class QuantizationRegularizerCore:
             pen += float(penalty(p.detach().float(), s, self.bits))
             dist += float(d.sum())
             near += float((d <= 0.05).sum())
+            clip += float(clipped(p, s, self.bits).sum())
             total += p.numel()
         metrics = {
             f"{self.log_prefix}/quant_penalty": pen / total,  # per-weight mean of R (1 − |cos| in range)
             f"{self.log_prefix}/grid_distance": dist / total,  # mean |w − snap(w)| / Δ
             f"{self.log_prefix}/on_grid_frac": near / total,  # share within 0.05 Δ of the grid
+            f"{self.log_prefix}/clipped_frac": clip / total,  # share beyond the range, clamped on export
             f"{self.log_prefix}/quant_lambda": self._lambda,
         }
         _base.log_metrics(trainer, pl_module, metrics)
@@ -242,9 +250,11 @@ class QuantizationRegularizer(QuantizationRegularizerCore, pl.Callback):
 
         grad += λ · (Δ/π)² · ∂R/∂w = λ · (Δ/π) · sign(cos(π w/Δ)) · sin(π w/Δ)
 
-    (weights beyond the clipping range ``qmax·Δ``, which export clamps, get
-    ``λ · (w − clamp(w))`` instead: they are pulled to the edge level, see
-    ``compress.quant.penalty.penalty``).
+    Weights beyond the clipping range ``qmax·Δ`` get nothing: the range is the task's
+    to set, and Δ follows the weights at the next epoch. Export clamps what is still
+    beyond it at the end (the error MSE clipping accepts). Pulling such weights in would
+    box the network inside its first epoch's range (measured and explained in
+    ``compress.quant.penalty``).
 
     The factor (Δ/π)² removes the π/Δ growth of the raw gradient: the added term is about
     ``λ · (w − snap(w))``, a per-weight pull proportional to the distance to the grid in
@@ -277,11 +287,14 @@ class QuantizationRegularizer(QuantizationRegularizerCore, pl.Callback):
         clip: "max", "mse", or None (auto, see above).
         targets: exact parameter names; None = ``compress.find_targets`` defaults.
         include, exclude: regexes on parameter names that adjust the defaults.
-        warmup_epochs: λ ramps linearly as ``min(1, (epoch+1)/(warmup_epochs+1))``.
+        warmup_epochs: λ ramps linearly as ``min(1, (epoch−start_epoch+1)/(warmup_epochs+1))``.
+        start_epoch: no pull before this epoch (λ = 0; Δ is still computed and logged), so
+            that the network can find its range and its masks first.
         snap_on_fit_end: snap the weights onto the grid when fitting ends.
         log_histograms: weight histograms of a few layers when the logger is TensorBoard.
         log_prefix: logged keys are ``{log_prefix}/quant_penalty``, ``/grid_distance``
-            (mean in units of Δ), ``/on_grid_frac`` (within 0.05Δ), ``/quant_lambda``.
+            (mean in units of Δ), ``/on_grid_frac`` (within 0.05Δ), ``/clipped_frac``
+            (beyond the range by more than Δ/2: clamped on export), ``/quant_lambda``.
 
     Example:
         >>> import pytorch_lightning as pl
