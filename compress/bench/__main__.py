@@ -104,3 +104,7 @@ class _Tee(io.TextIOBase):
             stream.flush()
 
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

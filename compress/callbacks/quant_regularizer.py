@@ -262,6 +262,12 @@ class QuantizationRegularizer(QuantizationRegularizerCore, pl.Callback):
     tensor size (a per-weight quantity, no sum over the tensor), so one λ works across
     layers and models. The logged value is the per-weight mean of ``1 − |cos|``.
 
+    Few bits. With Adam, once a weight's task gradient is small the added term decides its
+    step and locks it onto its nearest level; at 4 bits the levels are far apart and a
+    network locked early stops learning. Start the pull late and gently there
+    (``start_epoch`` a few epochs before the end, a smaller ``weight``): measured figures
+    in docs/callbacks.md and ``recipes/compression/sparse75_qreg4.yaml``.
+
     When Δ changes. Δ is computed from the weights at each epoch's first optimizer step
     (after all epoch-start hooks), on rank 0, broadcast to all ranks, stored in the state,
     and kept fixed for that epoch. ``clip`` picks the rule: "max" (Δ = max|w|/qmax) or
