@@ -188,6 +188,7 @@ def test_logs_grid_figures():
         (dict(clip="l2"), ValueError, "clip must be None, 'max' or 'mse', got 'l2'"),
         (dict(warmup_epochs=-1), ValueError, "warmup_epochs must be a non-negative integer"),
         (dict(start_epoch=1.5), ValueError, "start_epoch must be a non-negative integer, got 1.5"),
+        (dict(pull_clipped=1), TypeError, "pull_clipped must be a bool, got 1"),
         (dict(snap_on_fit_end="yes"), TypeError, "snap_on_fit_end must be a bool"),
         (dict(targets="head.weight"), TypeError, "targets must be None or a list of parameter names"),
         (dict(include=5), TypeError, "include must be a regex"),
@@ -250,20 +251,24 @@ class Student(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=0.02)
 
 
-def test_the_range_can_grow_past_the_first_grid():
-    # Regression: pulling weights beyond ±qmax·Δ back to the edge level held them inside
-    # the first epoch's range (the Δ of the next epoch, computed from them, was no larger):
-    # the 4-bit speech recipe lost 28 WER points that way. The task must set the range.
+@pytest.mark.parametrize("pull_clipped", [True, False])
+def test_pull_clipped_holds_the_range_or_lets_it_grow(pull_clipped):
+    # With the pull, weights beyond ±qmax·Δ go back to the edge level, so the range stays
+    # near the first epoch's (the next Δ, computed from held weights, is no larger): a
+    # max-norm constraint. Without it the task sets the range and Δ follows.
     g = torch.Generator().manual_seed(0)
     teacher = torch.randn(8, 8, generator=g)  # max|w| ≈ 3.4
     x = torch.randn(256, 8, generator=g)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x @ teacher.T), batch_size=32)
     pl.seed_everything(0)
     model = Student()
-    cb = QuantizationRegularizer(bits=4, weight=1.0, clip="mse")
+    cb = QuantizationRegularizer(bits=4, weight=1.0, clip="mse", pull_clipped=pull_clipped)
     trainer([cb], max_epochs=12).fit(model, data)
     w = model.lin.weight.detach()
-    first_range = 0.035  # about max|w| at init; the old pull kept it at 0.038 (new: 1.46)
-    assert float(w.abs().max()) > 0.3 * float(teacher.abs().max()) > 10 * first_range
-    assert float(cb.scales["lin.weight"].max()) > 0.1  # Δ followed the weights
+    first_range = 0.035  # about max|w| at init (measured: held at 0.038; free: 1.46)
+    if pull_clipped:
+        assert float(w.abs().max()) < 1.5 * first_range
+    else:
+        assert float(w.abs().max()) > 0.3 * float(teacher.abs().max()) > 10 * first_range
+        assert float(cb.scales["lin.weight"].max()) > 0.1  # Δ followed the weights
     assert torch.equal(grid.snap(w, cb.scales["lin.weight"], 4), w)  # and the end is still on the grid

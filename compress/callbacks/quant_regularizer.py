@@ -47,6 +47,7 @@ class QuantizationRegularizerCore:
         exclude: str | Sequence[str] | None = None,
         warmup_epochs: int = 0,
         start_epoch: int = 0,
+        pull_clipped: bool = True,
         snap_on_fit_end: bool = True,
         log_histograms: bool = True,
         log_prefix: str = "compress",
@@ -69,6 +70,9 @@ class QuantizationRegularizerCore:
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
         self.start_epoch = start_epoch
+        if not isinstance(pull_clipped, bool):
+            raise TypeError(f"pull_clipped must be a bool, got {pull_clipped!r}")
+        self.pull_clipped = pull_clipped
         if not isinstance(snap_on_fit_end, bool):
             raise TypeError(f"snap_on_fit_end must be a bool, got {snap_on_fit_end!r}")
         self.snap_on_fit_end = snap_on_fit_end
@@ -168,10 +172,11 @@ class QuantizationRegularizerCore:
         if ids is None:  # only the parameters this optimizer steps (several optimizers)
             ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
             self._opt_params[id(optimizer)] = ids
+        lam = self._lambda if self.pull_clipped else 0.0  # the clip term's factor
         with torch.no_grad():
             for n, p in self._params.items():
                 if p.grad is not None and id(p) in ids:
-                    scaled_grad_(p.grad, p, self._inv[n], self._coef[n], self._limit[n], self._work[n])
+                    scaled_grad_(p.grad, p, self._inv[n], self._coef[n], self._limit[n], lam, self._work[n])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Snap before the last epoch's validation and ModelCheckpoint save.
@@ -196,7 +201,7 @@ class QuantizationRegularizerCore:
         for n, p in self._params.items():
             s = self._scales[n].to(p.device)
             d = grid_distance(p, s, self.bits)
-            pen += float(penalty(p.detach().float(), s, self.bits))
+            pen += float(penalty(p.detach().float(), s, self.bits, self.pull_clipped))
             dist += float(d.sum())
             near += float((d <= 0.05).sum())
             clip += float(clipped(p, s, self.bits).sum())
@@ -250,11 +255,12 @@ class QuantizationRegularizer(QuantizationRegularizerCore, pl.Callback):
 
         grad += λ · (Δ/π)² · ∂R/∂w = λ · (Δ/π) · sign(cos(π w/Δ)) · sin(π w/Δ)
 
-    Weights beyond the clipping range ``qmax·Δ`` get nothing: the range is the task's
-    to set, and Δ follows the weights at the next epoch. Export clamps what is still
-    beyond it at the end (the error MSE clipping accepts). Pulling such weights in would
-    box the network inside its first epoch's range (measured and explained in
-    ``compress.quant.penalty``).
+    Weights beyond the clipping range ``qmax·Δ``, which export clamps, get
+    ``λ · (w − clamp(w))`` with ``pull_clipped`` (the default): they are pulled to the
+    edge level, which holds the range near the first epoch's, a max-norm constraint that
+    helped at 8 bits. With ``pull_clipped=False`` they get nothing: the task sets the
+    range and Δ follows it at the next epoch. Measured trade-offs in
+    ``compress.quant.penalty`` and docs/callbacks.md.
 
     The factor (Δ/π)² removes the π/Δ growth of the raw gradient: the added term is about
     ``λ · (w − snap(w))``, a per-weight pull proportional to the distance to the grid in
@@ -294,6 +300,7 @@ class QuantizationRegularizer(QuantizationRegularizerCore, pl.Callback):
         targets: exact parameter names; None = ``compress.find_targets`` defaults.
         include, exclude: regexes on parameter names that adjust the defaults.
         warmup_epochs: λ ramps linearly as ``min(1, (epoch−start_epoch+1)/(warmup_epochs+1))``.
+        pull_clipped: pull weights beyond the clipping range to the edge level.
         start_epoch: no pull before this epoch (λ = 0; Δ is still computed and logged), so
             that the network can find its range and its masks first.
         snap_on_fit_end: snap the weights onto the grid when fitting ends.
