@@ -224,3 +224,25 @@ def test_errors_name_the_argument(tmp_path):
         baselines.lightning_pruning(_Toy(), 0.5, 2, targets=["nope.weight"])
     with pytest.raises(ValueError, match="method must be"):
         baselines.pack_row({"key": "x", "method": "magic"}, {}, "c", tmp_path / "x.psq", [])
+
+
+def test_reuse_keeps_a_training_only_for_the_same_composed_recipe(tiny, tmp_path, capsys):
+    import shutil
+
+    _, out = tiny
+    spec = json.loads((out / "accuracy_runs" / "ours50.spec.json").read_text())
+    run_dir = tmp_path / "ours50"
+    shutil.copytree(spec["dir"], run_dir)
+    spec.update(dir=str(run_dir), reuse=True)
+    before = (run_dir / "model.ckpt").stat().st_mtime_ns
+    accuracy.work(spec)
+    assert "reusing" in capsys.readouterr().out
+    assert (run_dir / "model.ckpt").stat().st_mtime_ns == before
+    # The checkpoint was made from other recipe content under the same name (an edited
+    # yaml): it must be retrained, not reused.
+    meta = json.loads((run_dir / "train.json").read_text())
+    meta["settings"]["config"]["compression"]["quantization_regularizer"]["weight"] = 0.5
+    (run_dir / "train.json").write_text(json.dumps(meta))
+    accuracy.work(spec)
+    assert "reusing" not in capsys.readouterr().out
+    assert (run_dir / "model.ckpt").stat().st_mtime_ns != before

@@ -56,7 +56,8 @@ def add_arguments(parser, prefix: str = "accuracy-") -> None:
     parser.add_argument(f"--{prefix}jobs", type=int, default=2, help="trainings run in parallel (default 2)")
     parser.add_argument(f"--{prefix}data-dir", default=None, help="corpus cache root (default: the datamodule's)")
     parser.add_argument(f"--{prefix}reuse", action="store_true",
-                        help="keep a training whose checkpoint was made with the same settings")
+                        help="keep a training whose checkpoint was made with the same settings and composed "
+                             "recipe (model, compression, trainer, seed)")
 
 
 def _options(args) -> argparse.Namespace:
@@ -124,6 +125,7 @@ def work(spec: dict) -> dict:
 
     import pytorch_lightning as pl
     import torch
+    from omegaconf import OmegaConf
 
     from compress.atomic import write_text
     from compress.bench.baselines import lightning_pruning, pack_row
@@ -139,6 +141,9 @@ def work(spec: dict) -> dict:
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = _instantiate(cfg.data, "data")
     settings = {k: spec[k] for k in ("overrides", "compression", "pruning")}
+    # The composed recipe too, not only its name: an edited recipe file must retrain.
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    settings["config"] = {k: resolved[k] for k in ("model", "compression", "trainer", "seed")}
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if spec.get("reuse") and ckpt.is_file() and meta.get("settings") == settings:
         print(f"reusing {ckpt}", flush=True)
