@@ -104,7 +104,5 @@ class _Tee(io.TextIOBase):
             stream.flush()
 
 
-
-
 if __name__ == "__main__":
     sys.exit(main())

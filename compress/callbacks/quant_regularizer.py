@@ -16,7 +16,7 @@ import torch
 
 from compress.callbacks import _base
 from compress.quant.grid import broadcast_scale, check_bits, compute_scale, qmax, snap
-from compress.quant.penalty import clipped, grid_distance, penalty, scaled_grad_
+from compress.quant.penalty import grid_distance, penalty, scaled_grad_
 
 # λ default, measured (docs/callbacks.md): a 2-layer LSTM (40→64, 10 classes) trained
 # 10 epochs with AdamW (lr 3e-3), then fine-tuned 4 epochs at 4 bits: the mean distance
@@ -204,7 +204,7 @@ class QuantizationRegularizerCore:
             pen += float(penalty(p.detach().float(), s, self.bits, self.pull_clipped))
             dist += float(d.sum())
             near += float((d <= 0.05).sum())
-            clip += float(clipped(p, s, self.bits).sum())
+            clip += float((d > 0.5).sum())  # within the range no weight is farther than Δ/2
             total += p.numel()
         metrics = {
             f"{self.log_prefix}/quant_penalty": pen / total,  # per-weight mean of R (1 − |cos| in range)

@@ -130,14 +130,9 @@ def scaled_grad_(
 def grid_distance(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """|w − snap(w)| / Δ elementwise: distance to the exported grid point in units of Δ.
 
-    It is at most 0.5 inside the clipping range and grows beyond it (clipped weights).
+    It is at most 0.5 inside the clipping range and grows beyond it: ``> 0.5`` marks exactly
+    the weights export clamps (beyond the top level by more than Δ/2).
     """
     s = broadcast_scale(scale.to(torch.float32), w)
     w = w.detach().to(torch.float32)
     return (w - snap(w, scale, bits)).abs_().div_(s)
-
-
-def clipped(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Boolean mask of the weights export clamps: beyond the top level by more than Δ/2."""
-    s = broadcast_scale(scale.to(torch.float32), w)
-    return w.detach().to(torch.float32).abs() > s * (qmax(bits) + 0.5)
