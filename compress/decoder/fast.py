@@ -1,4 +1,8 @@
-"""The vectorized loader: ``compress.load(path) -> {name: Tensor}``, ready for ``load_state_dict``.
+"""The loader: ``compress.load(path) -> {name: Tensor}``, ready for ``load_state_dict``.
+
+``load`` decodes with the C decoder (``compress.native``, compiled on first use) when it is
+available, and otherwise with the vectorized pure-Python path of this module; the two
+give bit-identical tensors. What follows describes the pure-Python path.
 
 Header, metadata and table are validated by the reference decoder's own functions (a
 few hundred bytes per tensor, so a shared implementation costs nothing and the two
@@ -183,22 +187,41 @@ def decode(pf: PackedFile, r: dict, *, levels: bool = True, scratch: torch.Tenso
     return out, (q.clone().numpy().reshape(shape) if levels else None)
 
 
-def load(path, *, max_numel: int = L.MAX_NUMEL) -> dict:
+def load(path, *, max_numel: int = L.MAX_NUMEL, native: bool | None = None) -> dict:
     """Decode every tensor of a PSQ file into ``{name: Tensor}`` (state-dict order).
 
     Args:
         path: the packed file.
         max_numel: reject files whose tensors hold more elements in total (default 2**28).
+        native: None (default) decodes with the C decoder when it is available (see
+            ``compress.native``: ``COMPRESS_NATIVE=0`` turns it off), else in Python;
+            True requires C; False uses the pure-Python path. Both give identical tensors.
 
     Raises:
         compress.FormatError: the file is malformed; the message names the field and offset.
     """
-    return _load(_parse(_read(path), max_numel, os.fspath(path)))
+    return _dispatch(_read(path), max_numel, os.fspath(path), native)
 
 
-def load_bytes(buf: bytes, *, max_numel: int = L.MAX_NUMEL) -> dict:
+def load_bytes(buf: bytes, *, max_numel: int = L.MAX_NUMEL, native: bool | None = None) -> dict:
     """``load`` for a file already in memory."""
-    return _load(from_bytes(buf, max_numel=max_numel))
+    return _dispatch(bytearray(buf), max_numel, "<bytes>", native)
+
+
+def _dispatch(buf: bytearray, max_numel: int, path: str, native: bool | None) -> dict:
+    from compress import native as c
+
+    if native is False:
+        return _load(_parse(buf, max_numel, path))
+    if native is True:
+        lib = c.library()
+        if lib is None:
+            raise c.NativeUnavailable(f"the C decoder is turned off ({c.ENV}=0)")
+    else:
+        lib = c.library()
+    if lib is None:
+        return _load(_parse(buf, max_numel, path))
+    return c.load_buffer(buf, max_numel, lib)
 
 
 def _load(pf: PackedFile) -> dict:

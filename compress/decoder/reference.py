@@ -287,6 +287,53 @@ def dequantize_level(q: int, s: float) -> float:
     return struct.unpack("<f", struct.pack("<f", q * s))[0]
 
 
+def f32_to_f16(x: int) -> int:
+    """``uint16_t f32_to_f16(uint32_t x)``: float32 bits to binary16 bits, round to nearest, ties to even.
+
+    A magnitude of 65520 or more (halfway past 65504, the largest half) becomes infinity;
+    below 2^-14 the result is subnormal, and at or below 2^-25 it is a signed zero.
+    """
+    sign, ax = (x >> 16) & 0x8000, x & 0x7FFFFFFF
+    if ax > 0x7F800000:  # NaN (never in a valid file): stays a quiet NaN
+        return sign | 0x7E00 | ((ax >> 13) & 0x3FF)
+    if ax >= 0x477FF000:
+        return sign | 0x7C00
+    if ax >= 0x38800000:  # normal: rebias the exponent, round away 13 mantissa bits
+        h, rem = (ax - 0x38000000) >> 13, ax & 0x1FFF
+        return sign | (h + (rem > 0x1000 or (rem == 0x1000 and h & 1)))
+    if ax < 0x33000000:
+        return sign
+    e, m = ax >> 23, (ax & 0x7FFFFF) | 0x800000  # subnormal: m * 2^(e - 150) = mant * 2^-24
+    shift = 126 - e
+    h, rem, half = m >> shift, m & ((1 << shift) - 1), 1 << (shift - 1)
+    return sign | (h + (rem > half or (rem == half and h & 1)))
+
+
+def f32_to_bf16(x: int) -> int:
+    """``uint16_t f32_to_bf16(uint32_t x)``: float32 bits to bfloat16 bits, round to nearest, ties to even.
+
+    C: ``x + 0x7FFF + lsb`` is below 2^32 for every finite ``x``; past the largest bfloat16
+    the carry reaches the exponent and gives infinity.
+    """
+    if x & 0x7FFFFFFF > 0x7F800000:
+        return (x >> 16) | 0x40
+    return (x + 0x7FFF + ((x >> 16) & 1)) >> 16
+
+
+def cast_value(v: float, dtype: int) -> float:
+    """``cast_value``: the float32 result ``v`` in the tensor's dtype (FORMAT.md, "Data block").
+
+    float32 and float64 keep it exactly; float16 and bfloat16 round it to nearest, ties to even
+    (the C decoder stores the 16-bit patterns; here they are read back as Python floats).
+    """
+    if dtype == L.F16:
+        return struct.unpack("<e", struct.pack("<H", f32_to_f16(struct.unpack("<I", struct.pack("<f", v))[0])))[0]
+    if dtype == 3:  # bfloat16
+        bits = f32_to_bf16(struct.unpack("<I", struct.pack("<f", v))[0])
+        return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
+    return v
+
+
 def decode_raw(buf: bytes, r: dict) -> list:
     """``int decode_raw(const uint8_t *buf, const psq_record *r, void *out)``: a passthrough tensor.
 
@@ -336,7 +383,7 @@ def decode_tensor(buf: bytes, r: dict) -> dict:
         for p, v in zip(positions, stored):
             levels[p] = v
     per = numel // r["dims"][0] if r["scale_count"] > 1 else numel
-    values = [dequantize_level(q, scales[i // per]) for i, q in enumerate(levels)]
+    values = [cast_value(dequantize_level(q, scales[i // per]), r["dtype"]) for i, q in enumerate(levels)]
     out.update(encoding=L.ENCODING_NAMES[enc], scales=scales, levels=levels, values=values)
     return out
 
