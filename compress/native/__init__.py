@@ -40,7 +40,6 @@ ENV = "COMPRESS_NATIVE"
 # so a cache directory shared by different machines never hands one another's build.
 CFLAGS = ("-O3", "-std=c99", "-fPIC", "-shared")
 NATIVE_FLAGS = ("-march=native",)
-TOOL_CFLAGS = ("-O2", "-std=c99")
 SANITIZE = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
 
 
@@ -195,10 +194,18 @@ def build() -> str:
         return _compile(cc, CFLAGS, ("psq.c",), "libpsq-{key}" + ext)
 
 
-def build_tool(sanitize: bool = False) -> str:
-    """The ``psqdump`` command-line tool over the same psq.c (optionally with ASan/UBSan)."""
-    flags = SANITIZE if sanitize else TOOL_CFLAGS
-    return _compile(compiler(), flags, ("psqdump.c", "psq.c"), "psqdump-" + ("asan-" if sanitize else "") + "{key}")
+def build_tool(sanitize: bool = False, simd: bool = True) -> str:
+    """The ``psqdump`` command-line tool over the same psq.c: optimized like the library
+    (``-O3 -march=native``), or with ASan and UBSan; ``simd=False`` builds the portable C only."""
+    flags = SANITIZE if sanitize else ("-O3", "-std=c99")
+    extra = (NATIVE_FLAGS if simd else ("-DPSQ_NO_SIMD",)) + (("-std=c99",) if sanitize else ())
+    name = "psqdump-" + ("asan-" if sanitize else "") + "{key}"
+    try:
+        return _compile(compiler(), flags, ("psqdump.c", "psq.c"), name, extra)
+    except NativeUnavailable:
+        if not simd:
+            raise
+        return _compile(compiler(), flags, ("psqdump.c", "psq.c"), name, ())
 
 
 def _open(path: str):

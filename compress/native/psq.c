@@ -1150,7 +1150,7 @@ static int check_record(const uint8_t *buf, psq_tensor *t, uint64_t expect_off, 
             return fail(err, PSQ_E_LIMIT, "dims", at + 24, 0);
     }
     t->numel = numel;
-    if (t->data_off != expect_off || t->data_len > file_len - expect_off)
+    if (t->data_off != expect_off || expect_off > file_len || t->data_len > file_len - expect_off)
         return fail(err, PSQ_E_SIZE, "data_off", at + 56, (int64_t)t->data_off);
     if (psq_dtype_size(t->dtype) == 0 || rd32(buf + at + 84) != 0)
         return fail(err, PSQ_E_FIELD, "dtype", at + 8, t->dtype);

@@ -104,6 +104,8 @@ static int dump(const char *path, uint64_t max_numel)
         buf = odd;
     }
     rc = psq_open(len ? buf + 1 : NULL, len, max_numel, work, nwork, &f, &e);
+    if (!rc)
+        rc = psq_validate(&f, &e); /* every data block, before any output */
     if (!rc) {
         for (i = 0; i < f.n_tensors && !rc; i++) {
             psq_tensor t;
