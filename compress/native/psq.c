@@ -15,15 +15,35 @@
 
 #define FLT_MAX_D 3.4028234663852886e38
 
-/* ---- little-endian reads: bytes assembled explicitly, any alignment, any host ---- */
+/* ---- little-endian reads: memcpy into a local (any alignment, no pointer casts into the
+ * buffer), then the byte order fixed explicitly on a big-endian host ---- */
+
+static int host_is_le(void)
+{
+    const uint16_t one = 1;
+    unsigned char c;
+    memcpy(&c, &one, 1);
+    return c == 1; /* a constant to the compiler */
+}
 
 static uint32_t rd8(const uint8_t *p) { return p[0]; }
 static uint32_t rd16(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
 static uint32_t rd32(const uint8_t *p)
 {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    uint32_t v;
+    if (!host_is_le())
+        return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    memcpy(&v, p, 4);
+    return v;
 }
-static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) | ((uint64_t)rd32(p + 4) << 32); }
+static uint64_t rd64(const uint8_t *p)
+{
+    uint64_t v;
+    if (!host_is_le())
+        return (uint64_t)rd32(p) | ((uint64_t)rd32(p + 4) << 32);
+    memcpy(&v, p, 8);
+    return v;
+}
 
 /* Up to 8 bytes at p[0..avail), zero-extended: bit-stream windows near the end of a stream. */
 static uint64_t rd64_partial(const uint8_t *p, uint64_t avail)
@@ -35,14 +55,6 @@ static uint64_t rd64_partial(const uint8_t *p, uint64_t avail)
     for (i = 0; i < n; i++)
         v |= (uint64_t)p[i] << (8 * i);
     return v;
-}
-
-static int host_is_le(void)
-{
-    const uint16_t one = 1;
-    unsigned char c;
-    memcpy(&c, &one, 1);
-    return c == 1;
 }
 
 static int fail(psq_error *err, int code, const char *field, uint64_t offset, int64_t detail)
@@ -1507,7 +1519,26 @@ static int check_golomb(const uint8_t *buf, const psq_tensor *t, uint64_t at, ps
     golomb_width(t->golomb_m, &w, &u);
     ecur = ub + nnz * w;
     for (g = 0; g < nnz; g++) {
-        uint64_t one = next_one(s, ilen, ucur, ub), q, low, pos;
+        uint64_t one, q, low, pos, wv, lcur = ub + g * w;
+        if ((ucur >> 3) + 8 <= ilen && (lcur >> 3) + 8 <= ilen && (ecur >> 3) < ilen &&
+            (wv = rd64(s + (ucur >> 3)) >> (ucur & 7u)) != 0 && ucur + ctz64(wv) < ub) {
+            /* fast path: everything in full windows, the one bit inside the unary part */
+            q = ctz64(wv);
+            ucur += q + 1;
+            low = (rd64(s + (lcur >> 3)) >> (lcur & 7u)) & (((uint64_t)1 << w) - 1u);
+            if (low >= u) {
+                if (ecur >= 8 * ilen)
+                    return fail(err, PSQ_E_INDEX, "index", at, (int64_t)g);
+                low = ((low << 1) | ((s[ecur >> 3] >> (ecur & 7u)) & 1u)) - u;
+                ecur++;
+            }
+            pos = next + q * m + low;
+            if (pos >= numel)
+                return fail(err, PSQ_E_INDEX, "index", at, (int64_t)pos);
+            next = pos + 1;
+            continue;
+        }
+        one = next_one(s, ilen, ucur, ub);
         if (one >= ub)
             return fail(err, PSQ_E_INDEX, "index", at, (int64_t)g);
         q = one - ucur;
@@ -1758,17 +1789,57 @@ static void bitmask_f32(psq_rows *s, float *dst, uint64_t n, float scale)
 
 static void golomb_f32(psq_rows *s, float *dst, uint64_t n, float scale)
 {
-    const uint8_t *v = s->buf + s->values_off;
-    uint64_t i = s->elem, end = i + n, j;
+    const uint8_t *v = s->buf + s->values_off, *idx = s->buf + s->index_off;
+    const uint64_t i = s->elem, end = i + n, ilen = s->index_len, ub = s->ub, numel = s->numel, m = s->m;
+    const uint64_t wmask = ((uint64_t)1 << s->w) - 1u, u = s->u, w = s->w, nnz = s->nnz, vlen = s->values_len;
+    const uint32_t bits = s->bits;
+    uint64_t j, p = s->next_pos, ucur = s->ucur, ecur = s->ecur, gap = s->gap, after = s->after_pos, vk = s->vk;
     for (j = 0; j < n; j++) /* zeros first (a memset), then the nonzeros in place */
         dst[j] = 0.0f;
-    while (s->next_pos < end) {
-        uint64_t p = s->next_pos;
+    while (p < end) {
+        uint64_t lcur, wv, q, low;
         if (p >= i) /* positions increase; a tampered state cannot write outside dst */
-            dst[p - i] = (float)level_at(v, s->values_len, s->vk, s->bits) * scale;
-        s->vk++;
-        golomb_advance(s);
+            dst[p - i] = (float)level_at(v, vlen, vk, bits) * scale;
+        vk++;
+        lcur = ub + gap * w;
+        /* fast path: the next unary one, the low field and the extra bit all lie in full 8-byte
+         * windows of the index; otherwise (the last bytes, long runs, a malformed index) the
+         * general step, which checks everything */
+        if (gap >= nnz || (ucur >> 3) + 8 > ilen || (lcur >> 3) + 8 > ilen || (ecur >> 3) >= ilen ||
+            (wv = rd64(idx + (ucur >> 3)) >> (ucur & 7u)) == 0) {
+            s->ucur = ucur;
+            s->ecur = ecur;
+            s->gap = gap;
+            s->after_pos = after;
+            golomb_advance(s);
+            p = s->next_pos;
+            ucur = s->ucur;
+            ecur = s->ecur;
+            gap = s->gap;
+            after = s->after_pos;
+            continue;
+        }
+        q = ctz64(wv);
+        ucur += q + 1;
+        low = (rd64(idx + (lcur >> 3)) >> (lcur & 7u)) & wmask;
+        if (low >= u) {
+            low = ((low << 1) | ((uint64_t)(idx[ecur >> 3] >> (ecur & 7u)) & 1u)) - u;
+            ecur++;
+        }
+        gap++;
+        p = after + q * m + low; /* q < 57, m <= 2^28: no overflow */
+        if (ucur > ub || p >= numel) {
+            gap = nnz; /* a malformed index ends the tensor */
+            p = numel;
+        }
+        after = p + 1;
     }
+    s->next_pos = p;
+    s->ucur = ucur;
+    s->ecur = ecur;
+    s->gap = gap;
+    s->after_pos = after;
+    s->vk = vk;
 }
 
 /* Elements [s->elem, s->elem + n) as float32, into dst[0, n). */
