@@ -28,6 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/compress-train $(DEMO_ARGS)
 
 bench: $(STAMP)
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	mkdir -p bench && $(PY) -m compress.bench --out bench $(BENCH_ARGS)
 
 lint: $(STAMP)

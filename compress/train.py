@@ -4,6 +4,7 @@ and check that the exported file decodes to the model that was tested.
     compress-train                                   # the default run (recipes/train.yaml)
     compress-train compression=sparse75_qreg4 trainer.max_epochs=20
     compress-train -m compression=none,sparse50_qreg8,sparse75_qreg4
+    compress-train init_from=outputs/.../model.ckpt compression=sparse75_qreg4 trainer.max_epochs=4
 
 Each run writes into its Hydra output directory:
 
@@ -136,6 +137,13 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
 
     dm = _instantiate(cfg.data, "data")
     model = _instantiate(cfg.model, "model")
+    if cfg.get("init_from"):  # fine-tune a trained model: its weights only
+        from compress.checkpoint import load_weights
+
+        try:
+            load_weights(model, str(cfg.init_from))
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(str(err)) from None
     callbacks = build_callbacks(cfg)
     logger = TensorBoardLogger(save_dir=str(out), name="tb", version="")
     trainer = _instantiate(

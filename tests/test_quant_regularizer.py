@@ -140,8 +140,8 @@ def test_state_contract_and_copy_semantics():
     model = Tiny()
     trainer([cb, cb_t], max_epochs=1, limit_train_batches=2).fit(model, loader())
     state = cb.state_dict()
-    assert set(state) >= {"version", "bits", "granularity", "clip", "scales", "epoch", "weight"}
-    assert state["version"] == 1 and state["epoch"] == 0 and state["clip"] == "max"
+    assert set(state) >= {"version", "bits", "granularity", "clip", "mode", "scales", "epoch", "lambda", "snapped"}
+    assert state["version"] == 2 and state["epoch"] == 0 and state["clip"] == "max" and state["mode"] == "grad"
     assert state["scales"]["head.weight"].shape == (3,) and state["scales"]["conv.weight"].shape == (8,)
     assert cb_t.state_dict()["scales"]["head.weight"].shape == ()
     for s in state["scales"].values():
@@ -168,7 +168,7 @@ def test_lambda_warmup_and_callable():
 
 def test_logs_grid_figures():
     pl.seed_everything(0)
-    t = trainer([QuantizationRegularizer(bits=4, snap_on_fit_end=False)], max_epochs=1)
+    t = trainer([QuantizationRegularizer(bits=4, mode="grad", snap_on_fit_end=False)], max_epochs=1)
     t.fit(Tiny(), loader())
     m = t.callback_metrics
     assert 0 < float(m["compress/grid_distance"]) <= 0.5
@@ -187,7 +187,7 @@ def test_logs_grid_figures():
         (dict(granularity="row"), ValueError, "granularity must be 'channel' or 'tensor', got 'row'"),
         (dict(clip="l2"), ValueError, "clip must be None, 'max' or 'mse', got 'l2'"),
         (dict(warmup_epochs=-1), ValueError, "warmup_epochs must be a non-negative integer"),
-        (dict(start_epoch=1.5), ValueError, "start_epoch must be a non-negative integer, got 1.5"),
+        (dict(start_epoch=1.5), ValueError, "start_epoch must be None, an epoch \\(integer >= 0\\) or a fraction of the run \\(float in \\[0, 1\\]\\), got 1.5"),
         (dict(pull_clipped=1), TypeError, "pull_clipped must be a bool, got 1"),
         (dict(snap_on_fit_end="yes"), TypeError, "snap_on_fit_end must be a bool"),
         (dict(targets="head.weight"), TypeError, "targets must be None or a list of parameter names"),

@@ -35,7 +35,13 @@ def test_every_compression_option_composes_and_builds(data_dir):
 
     expected = {"none": [], "qreg8": ["QuantizationRegularizer"], "sparse50": ["GradualSparsifier"],
                 "sparse50_qreg8": ["GradualSparsifier", "QuantizationRegularizer"],
-                "sparse75_qreg4": ["GradualSparsifier", "QuantizationRegularizer"]}
+                "sparse75_qreg4": ["GradualSparsifier", "QuantizationRegularizer"],
+                "sparse75_qreg5": ["GradualSparsifier", "QuantizationRegularizer"],
+                "sparse75_qreg6": ["GradualSparsifier", "QuantizationRegularizer"],
+                "sparse75_qreg4_grad": ["GradualSparsifier", "QuantizationRegularizer"],
+                "sparse75": ["GradualSparsifier"],
+                "sparse75_fq4": ["FakeQuantQAT", "GradualSparsifier"],
+                "sparse50_fq8": ["FakeQuantQAT", "GradualSparsifier"]}
     for option, classes in expected.items():
         cfg = compose([f"compression={option}"])
         assert sorted(type(cb).__name__ for cb in build_callbacks(cfg)) == classes
@@ -156,3 +162,35 @@ def test_rnnt_full_experiment_composes():
     assert cfg.model._target_ == "compress.models.RNNT"
     assert cfg.trainer.max_epochs == 30 and cfg.data.corpus.num_train == 16000
     assert set(cfg.compression) == {"gradual_sparsifier", "quantization_regularizer"}
+
+
+def test_init_from_fine_tunes_a_trained_checkpoint_and_refuses_another_model(tmp_path, data_dir):
+    import torch
+
+    from compress.recipe_checks import ConfigError
+    from compress.train import run
+
+    base = ["experiment=tiny", f"data.data_dir={data_dir}"]
+    run(compose(base + ["compression=none"]), tmp_path / "fp32")
+    ckpt = tmp_path / "fp32" / "model.ckpt"
+    trained = torch.load(ckpt, weights_only=True)["state_dict"]
+    seen = {}
+
+    class First(__import__("pytorch_lightning").Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.update({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    from compress import train as train_mod
+
+    real = train_mod.build_callbacks
+    train_mod.build_callbacks = lambda cfg: real(cfg) + [First()]
+    try:
+        results = run(compose(base + ["compression=sparse75_qreg4", f"init_from={ckpt}"]), tmp_path / "ft")
+    finally:
+        train_mod.build_callbacks = real
+    assert all(torch.equal(seen[k], trained[k]) for k in trained)  # training started from the checkpoint
+    assert results["overall_sparsity"] >= 0.74 and results["packed_matches_trained"]
+    with pytest.raises(ConfigError, match="init_from: the checkpoint .* does not match the recipe's model: .*shape"):
+        run(compose(base + ["compression=none", f"init_from={ckpt}", "model.hidden_size=16"]), tmp_path / "bad")
+    with pytest.raises(ConfigError, match="init_from: no checkpoint at"):
+        run(compose(base + ["compression=none", f"init_from={tmp_path / 'missing.ckpt'}"]), tmp_path / "bad2")

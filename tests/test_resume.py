@@ -1,5 +1,6 @@
 """An interrupted run resumed from its checkpoint ends exactly like the uninterrupted run."""
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -50,8 +51,13 @@ class SeeRestored(pl.Callback):
         self.masks, self.scales = self.cbs[0].masks, self.cbs[1].scales
 
 
-def callbacks(ckpt_dir=None, extra=()):
-    cbs = [GradualSparsifier(final_sparsity=0.6, scope="global"), QuantizationRegularizer(bits=4, weight=0.5)]
+# The gradient form, and the decoupled forms interrupted mid-anneal (the pull starts at 20%
+# of the run; the interruption comes after 2 of 5 epochs).
+FORMS = [dict(weight=0.5), dict(mode="prox", start_epoch=0.2), dict(mode="hard", start_epoch=0.2, hard_every=3)]
+
+
+def callbacks(ckpt_dir=None, extra=(), form=FORMS[0]):
+    cbs = [GradualSparsifier(final_sparsity=0.6, scope="global"), QuantizationRegularizer(bits=4, **form)]
     if ckpt_dir is not None:
         cbs.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=-1))
     return cbs + list(extra)
@@ -73,15 +79,16 @@ def run(cbs, ckpt_path=None, max_epochs=5):
     return model, cbs
 
 
-def test_resume_matches_uninterrupted(tmp_path):
-    ref_model, ref_cbs = run(callbacks())
+@pytest.mark.parametrize("form", FORMS, ids=["grad", "prox", "hard"])
+def test_resume_matches_uninterrupted(tmp_path, form):
+    ref_model, ref_cbs = run(callbacks(form=form))
     # interrupted after epoch 1 (mid-schedule: target 0.6·(1 − (1 − 2/4)³) at epoch 2)
-    run(callbacks(tmp_path, [Interrupt(2)]))
+    run(callbacks(tmp_path, [Interrupt(2)], form=form))
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert ckpt["epoch"] == 1
     sp_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("GradualSparsifier"))
     assert 0 < sp_state["target_sparsity"] < 0.6
-    cbs = callbacks()
+    cbs = callbacks(form=form)
     seen = SeeRestored(cbs)
     model, cbs = run(cbs + [seen], ckpt_path=tmp_path / "last.ckpt")
 

@@ -129,6 +129,7 @@ def work(spec: dict) -> dict:
 
     from compress.atomic import write_text
     from compress.bench.baselines import lightning_pruning, pack_row
+    from compress.checkpoint import load_weights
     from compress.decoder.fast import load
     from compress.targets import find_targets
     from compress.train import _evaluate, _instantiate, build_callbacks
@@ -141,6 +142,8 @@ def work(spec: dict) -> dict:
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = _instantiate(cfg.data, "data")
     settings = {k: spec[k] for k in ("overrides", "compression", "pruning")}
+    if spec.get("init_from"):  # fine-tuning: the trained checkpoint it starts from is part of the settings
+        settings["init_from"] = spec["init_from"]
     # The composed recipe too, not only its name: an edited recipe file must retrain.
     resolved = OmegaConf.to_container(cfg, resolve=True)
     settings["config"] = {k: resolved[k] for k in ("model", "compression", "trainer", "seed")}
@@ -149,6 +152,8 @@ def work(spec: dict) -> dict:
         print(f"reusing {ckpt}", flush=True)
     else:
         model = _instantiate(cfg.model, "model")
+        if spec.get("init_from"):
+            load_weights(model, spec["init_from"])
         callbacks = build_callbacks(cfg) + [_epoch_logger()]
         if spec["pruning"]:
             callbacks.append(lightning_pruning(model, max_epochs=int(cfg.trainer.max_epochs), **spec["pruning"]))
@@ -163,6 +168,7 @@ def work(spec: dict) -> dict:
                 "settings": settings}
         write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
+    print(READY, flush=True)  # run_jobs may start the trainings that start from this checkpoint
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
 
     def eval_trainer():
@@ -175,6 +181,13 @@ def work(spec: dict) -> dict:
     rows = []
     for row in spec["rows"]:
         path = run_dir / f"{row['key']}.psq"
+        cache = run_dir / f"{row['key']}.row.json"  # one row's figures, kept for --reuse
+        cached = json.loads(cache.read_text()) if cache.is_file() else {}
+        if spec.get("reuse") and path.is_file() and cached.get("settings") == settings and \
+                cached.get("row") == row and cached.get("train_seconds") == meta["train_seconds"]:
+            print(f"reusing the figures of {row['key']}", flush=True)
+            rows.append(cached["result"])
+            continue
         print(f"packing and testing {row['key']}", flush=True)
         pack_row(row, sd, ckpt, path, targets)
         rebuilt = _instantiate(cfg.model, "model")
@@ -183,9 +196,14 @@ def work(spec: dict) -> dict:
         decoded = dict(rebuilt.named_parameters())
         zeros = sum(int((decoded[n] == 0).sum()) for n in targets)
         total = sum(decoded[n].numel() for n in targets)
+        (valid,) = eval_trainer().test(rebuilt, dataloaders=dm.val_dataloader(), verbose=False)
         rows.append({**row, "training": spec["name"], "bytes": path.stat().st_size,
                      "decoded_sparsity": zeros / max(total, 1), "train_seconds": meta["train_seconds"],
-                     "metrics": _evaluate(rebuilt, dm, eval_trainer)})
+                     "metrics": _evaluate(rebuilt, dm, eval_trainer),
+                     # the split variants are chosen on; never the test splits
+                     "valid": {"wer": float(valid["test/wer"]), "cer": float(valid["test/cer"])}})
+        write_text(cache, json.dumps({"settings": settings, "row": row, "train_seconds": meta["train_seconds"],
+                                      "result": rows[-1]}, indent=2) + "\n")
     out = {"name": spec["name"], "train": meta, "rows": rows}
     write_text(run_dir / "rows.json", json.dumps(out, indent=2) + "\n")
     return out
@@ -284,6 +302,16 @@ def _launch(spec: dict, log_path: Path, threads: int) -> subprocess.Popen:
         log.close()  # the child holds its own descriptor
 
 
+READY = "checkpoint ready"
+
+
+def _log_text(log_path: Path) -> str:
+    try:
+        return log_path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _last_epoch_line(log_path: Path) -> str:
     try:
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.startswith(("epoch ", "packing"))]
@@ -293,13 +321,31 @@ def _last_epoch_line(log_path: Path) -> str:
 
 
 def run_jobs(specs: list[dict], jobs: int, threads: int, log_dir: Path, status_every: float = 60.0) -> None:
-    """Run ``specs`` as worker processes, ``jobs`` at a time, printing progress."""
+    """Run ``specs`` as worker processes, ``jobs`` at a time, printing progress.
+
+    A spec with ``"needs": name`` starts only once the spec of that name has its
+    checkpoint in this call (its worker printed ``READY``: a fine-tuning after the training
+    it starts from, while that one's rows are still being evaluated); otherwise specs start
+    in list order.
+    """
     pending, running, t0 = list(specs), {}, time.perf_counter()
+    finished: set[str] = set()
+    names = {s["name"] for s in specs}
+    for s in specs:
+        if s.get("needs") and s["needs"] not in names:
+            raise ValueError(f"spec {s['name']!r} needs {s['needs']!r}, which is not among the specs")
     last_status = t0
     try:
         while pending or running:
-            while pending and len(running) < jobs:
-                spec = pending.pop(0)
+            while len(running) < jobs:
+                for name in running:  # a checkpoint is ready before its rows are evaluated
+                    if name not in finished and READY in _log_text(log_dir / f"{name}.log"):
+                        finished.add(name)
+                ready = [s for s in pending if not s.get("needs") or s["needs"] in finished]
+                if not ready:
+                    break
+                spec = ready[0]
+                pending.remove(spec)
                 print(f"[{time.perf_counter() - t0:6.0f} s] start {spec['name']}", flush=True)
                 running[spec["name"]] = (_launch(spec, log_dir / f"{spec['name']}.log", threads), time.perf_counter())
             time.sleep(0.2)
@@ -308,6 +354,7 @@ def run_jobs(specs: list[dict], jobs: int, threads: int, log_dir: Path, status_e
                 if rc is None:
                     continue
                 del running[name]
+                finished.add(name)
                 log = log_dir / f"{name}.log"
                 if rc != 0:
                     tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])

@@ -31,9 +31,7 @@ from compress.sparsity.masks import magnitude_masks
 from compress.sparsity.schedule import Schedule, check_sparsity, sparsity_at
 
 
-def default_clip(bits: int) -> str:
-    """The clipping rule the regularizer picks by default: "mse" at <= 4 bits, else "max"."""
-    return "mse" if grid.check_bits(bits) <= 4 else "max"
+default_clip = grid.default_clip  # the one rule; kept importable from here
 
 
 def ptq(weights: Mapping[str, torch.Tensor], bits: int, clip: str | None = None,
@@ -222,17 +220,16 @@ def pack_row(row: Mapping, state_dict: Mapping[str, torch.Tensor], checkpoint: s
     method = row["method"]
     if method == "fp32":
         pack_fp32(state_dict, path, recipe=row["key"])
-    elif method in ("ptq", "lightning"):
+    elif method in ("ptq", "lightning", "sparse"):  # sparse: GradualSparsifier alone, then PTQ
         pack_ptq(state_dict, path, targets, row["bits"], row["clip"], row["granularity"], recipe=row["key"])
     elif method == "oneshot":
         pruned, _ = prune_oneshot({n: state_dict[n] for n in targets}, row["target_sparsity"])
         pack_ptq({**state_dict, **pruned}, path, targets, row["bits"], row["clip"], row["granularity"],
                  recipe=row["key"])
-    elif method == "ours":
+    elif method in ("ours", "fakequant"):  # bits, scales and masks from the callbacks' state
         pack(os.fspath(checkpoint), os.fspath(path), recipe=row["key"], trust_checkpoint=True)
     else:
-        raise ValueError(f"row {row.get('key')!r}: method must be fp32, ptq, oneshot, lightning or ours, "
-                         f"got {method!r}")
+        raise ValueError(f"row {row.get('key')!r}: method must be one of {METHODS}, got {method!r}")
 
 
 def read_setting(cfg, recipe: str) -> dict:
@@ -292,7 +289,7 @@ def plan(settings: dict) -> list[dict]:
     return jobs
 
 
-METHODS = ("fp32", "ptq", "oneshot", "lightning", "ours")
+METHODS = ("fp32", "ptq", "oneshot", "lightning", "sparse", "fakequant", "ours")
 
 
 def row_order(row: dict) -> tuple:
@@ -304,5 +301,6 @@ def label(row: dict) -> str:
     """Human name of a row, e.g. "one-shot prune 75% + PTQ int4"."""
     method, q = row["method"], f"PTQ int{row.get('bits')}"
     pct = f"{100 * row.get('target_sparsity', 0):g}%"
-    return {"fp32": "fp32", "ptq": q, "oneshot": f"one-shot prune {pct} + {q}",
-            "lightning": f"Lightning ModelPruning {pct} + {q}", "ours": f"ours: {row['key']}"}[method]
+    return {"fp32": "fp32" if row["key"] == "fp32" else "fp32 fine-tuned, no compression", "ptq": q, "oneshot": f"one-shot prune {pct} + {q}",
+            "lightning": f"Lightning ModelPruning {pct} + {q}", "sparse": f"GradualSparsifier {pct} alone + {q}",
+            "fakequant": f"fake-quant QAT (STE) {pct} int{row.get('bits')}", "ours": f"ours: {row['key']}"}[method]

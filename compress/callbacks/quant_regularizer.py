@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
 
 from compress.callbacks import _base
-from compress.quant.grid import broadcast_scale, check_bits, compute_scale, qmax, snap
+from compress.quant.grid import broadcast_scale, check_bits, compute_scale, default_clip, qmax, snap
 from compress.quant.penalty import grid_distance, penalty, scaled_grad_
+from compress.quant.prox import prox_step_, rho_at
 
-# λ default, measured (docs/callbacks.md): a 2-layer LSTM (40→64, 10 classes) trained
-# 10 epochs with AdamW (lr 3e-3), then fine-tuned 4 epochs at 4 bits: the mean distance
-# to the grid fell from 0.25Δ to 0.04Δ (76% of weights within 0.05Δ, vs 10% with λ = 0)
-# for a 13% higher task loss; λ = 0.1 reaches 0.02Δ (92%) for +17%, λ = 0.01 0.08Δ for +8%.
-DEFAULT_WEIGHT = 0.03
+DEFAULT_WEIGHT = 0.03  # λ of the gradient form (scale-free, see compress.quant.penalty)
+DEFAULT_RHO_MIN = 1e-4  # ρ at the start of the decoupled pull's anneal (compress.quant.prox)
+DEFAULT_PULL_START = 0.5  # decoupled forms: the pull starts halfway through the run
+# Default form per bit width, chosen by measurement (docs/callbacks.md, "Which form"):
+# the gradient form at >= GRAD_MIN_BITS bits, the decoupled prox form below.
+GRAD_MIN_BITS = 7
+MODES = ("grad", "prox", "hard")
+STATE_VERSION = 2  # 2: λ under "lambda", plus "mode"; 1 (λ under "weight", gradient form) still loads
 
 Weight = float | Callable[[int], float]
+
+
+def default_mode(bits: int) -> str:
+    """The form ``QuantizationRegularizer(bits=b)`` uses: "grad" at >= 7 bits, else "prox"."""
+    return "grad" if check_bits(bits) >= GRAD_MIN_BITS else "prox"
 
 
 def _check_weight(value, name: str = "weight") -> float:
@@ -33,43 +43,156 @@ def _check_weight(value, name: str = "weight") -> float:
     return float(value)
 
 
+def _check_start(value):
+    """``start_epoch``: None, an epoch (int >= 0) or a fraction of the run (float in [0, 1])."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    if isinstance(value, float) and 0.0 <= value <= 1.0:
+        return value
+    raise ValueError(f"start_epoch must be None, an epoch (integer >= 0) or a fraction of the run "
+                     f"(float in [0, 1]), got {value!r}")
+
+
+@dataclass
+class _Target:
+    """One compressed parameter and its grid: ``scale`` is the state, the rest per-epoch factors."""
+
+    param: torch.nn.Parameter
+    scale: torch.Tensor | None = None  # Δ, float32 CPU, () or (C,)
+    step: torch.Tensor | None = None  # Δ, broadcast shape, on the parameter's device and dtype
+    inv: torch.Tensor | None = None  # 1/Δ
+    coef: torch.Tensor | None = None  # λ·Δ/π (gradient form)
+    limit: torch.Tensor | None = None  # qmax·Δ, the clipping edge
+    work: tuple = ()  # two scratch views shaped like the parameter
+
+
 class QuantizationRegularizerCore:
-    """The callback's logic, independent of the Lightning package it is mixed into."""
+    r"""Pulls weights onto the export grid during training, in one of three forms.
+
+    The forward pass is never touched (no fake quantization). Let Δ be the grid step (per
+    output channel or per tensor, ``compress.quant.grid.compute_scale``) and
+    ``snap(w)`` the nearest exported level.
+
+    * ``mode="grad"``: backward-pass absolute-cosine regularization (ACosR; the periodic
+      regularizers of Naumov et al. 2018). After ``backward``, before the optimizer step,
+      the closed-form gradient of ``λ·(Δ/π)²·R(w)``, ``R = Σ 1 − |cos(π w/Δ)|``, is added
+      to ``.grad``:
+
+          grad += λ · (Δ/π) · sign(cos(π w/Δ)) · sin(π w/Δ)  ≈  λ · (w − snap(w))
+
+      Scale-free (no dependence on bits, the layer's range or size). Weights beyond the
+      clipping range ``qmax·Δ`` get ``λ·(w − clamp(w))`` with ``pull_clipped`` (default):
+      they are held at the edge level, a max-norm constraint. ``start_epoch`` and
+      ``warmup_epochs`` shape λ per epoch. With an adaptive optimizer (Adam) a term added
+      to ``.grad`` is divided by the coordinate's running gradient size, so where the task
+      gradient is small it decides the step and locks the weight onto its level; at few
+      bits that stops learning early.
+    * ``mode="prox"``: the decoupled form (``compress.quant.prox``). After each optimizer
+      step, ``w ← w − ρ_t·(w − snap(w))``, with ρ rising log-linearly from ``rho_min`` at
+      ``start_epoch`` to exactly 1 at the last step, so the run ends on the grid because
+      training put it there. The optimizer only ever sees the task gradient.
+    * ``mode="hard"``: the hard compressor of S8BQAT (Zhen et al. 2022): from
+      ``start_epoch`` on, the weights are snapped onto the grid every ``hard_every``
+      optimizer steps and at the last step, training on in float in between.
+
+    ``mode=None`` picks the gradient form when ``weight`` or ``warmup_epochs`` is given
+    (they are its settings), else ``default_mode(bits)``: the gradient form at 7-8 bits,
+    the prox form below, by measurement (docs/callbacks.md, "Which form").
+
+    When Δ changes. Δ is computed from the weights at each epoch's first optimizer step
+    (after every epoch-start hook, e.g. a sparsifier's new masks), on rank 0, broadcast,
+    stored in the state and fixed for the epoch. ``clip`` picks the rule, None =
+    ``grid.default_clip(bits)``: the one rule export, verify and the benchmark's PTQ use.
+
+    With a sparsifier. Pruned weights are exact zeros: 0 is a level, the gradient form's
+    term vanishes there, the prox step maps 0 to 0, and zeros never set Δ. Masks are
+    re-applied by the sparsifier after every optimizer step, so in every form pruned
+    weights stay exactly 0.
+
+    Snapping. With ``snap_on_fit_end`` the weights are snapped with the stored Δ after the
+    last training batch (before the last validation and ModelCheckpoint's last save),
+    again at the last epoch's end and in ``on_fit_end`` (idempotent). In the prox and hard
+    forms the last step already leaves them on the grid.
+
+    Args:
+        bits: bit width, 2..8.
+        mode: "grad", "prox", "hard", or None (``default_mode(bits)``).
+        weight: λ of the gradient form, a float >= 0 or a callable ``epoch -> float``;
+            None = 0.03. Not used by the other forms.
+        granularity: "channel" (Δ per output channel, axis 0) or "tensor".
+        clip: "max", "mse", or None (``grid.default_clip``: "mse" at <= 4 bits).
+        targets: exact parameter names; None = ``compress.find_targets`` defaults.
+        include, exclude: regexes on parameter names that adjust the defaults.
+        warmup_epochs: gradient form: λ ramps as ``min(1, (epoch−start+1)/(warmup_epochs+1))``.
+        start_epoch: when the pull starts: an epoch (int) or a fraction of the run (float
+            in [0, 1], e.g. 0.7, so a recipe keeps working when ``max_epochs`` changes).
+            None = 0 for the gradient form, 0.5 for the others. Δ is computed and logged
+            before it.
+        rho_min: prox form: ρ at the start of the anneal, in (0, 1).
+        hard_every: hard form: snap every this many optimizer steps.
+        pull_clipped: gradient form: pull weights beyond the clipping range to the edge.
+        snap_on_fit_end: snap the weights onto the grid when fitting ends.
+        log_histograms: weight histograms of a few layers when the logger is TensorBoard.
+        log_prefix: logged keys are ``{log_prefix}/quant_penalty``, ``/grid_distance``
+            (mean in units of Δ), ``/on_grid_frac`` (within 0.05Δ), ``/clipped_frac``
+            (clamped on export), ``/quant_lambda`` (gradient form), ``/quant_rho`` (prox).
+
+    Example:
+        >>> import pytorch_lightning as pl
+        >>> from compress import QuantizationRegularizer
+        >>> trainer = pl.Trainer(max_epochs=10, callbacks=[QuantizationRegularizer(bits=4)])
+    """
 
     def __init__(
         self,
         bits: int = 8,
-        weight: Weight = DEFAULT_WEIGHT,
+        weight: Weight | None = None,
         granularity: str = "channel",
         clip: str | None = None,
         targets: Sequence[str] | None = None,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         warmup_epochs: int = 0,
-        start_epoch: int = 0,
+        start_epoch: int | float | None = None,
         pull_clipped: bool = True,
         snap_on_fit_end: bool = True,
         log_histograms: bool = True,
         log_prefix: str = "compress",
+        mode: str | None = None,
+        rho_min: float = DEFAULT_RHO_MIN,
+        hard_every: int = 50,
     ) -> None:
         super().__init__()
         self.bits = check_bits(bits)
-        if not callable(weight):
+        if mode is None:  # λ or a λ warm-up only mean something to the gradient form
+            mode = "grad" if weight is not None or warmup_epochs else default_mode(bits)
+        self.mode = mode
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be None or one of {MODES}, got {mode!r}")
+        if weight is not None and self.mode != "grad":
+            raise ValueError(f"weight (λ) applies to mode='grad' only, got weight={weight!r} with mode={self.mode!r}")
+        if weight is not None and not callable(weight):
             _check_weight(weight)
-        self.weight = weight
+        self.weight = DEFAULT_WEIGHT if weight is None else weight
         if granularity not in ("channel", "tensor"):
             raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
         self.granularity = granularity
-        # Few levels make max-based Δ waste them on outliers: MSE clipping for <= 4 bits.
-        self.clip = clip if clip is not None else ("mse" if bits <= 4 else "max")
+        self.clip = clip if clip is not None else default_clip(bits)
         if self.clip not in ("max", "mse"):
             raise ValueError(f"clip must be None, 'max' or 'mse', got {clip!r}")
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
+        if warmup_epochs and self.mode != "grad":
+            raise ValueError(f"warmup_epochs applies to mode='grad' only, got {warmup_epochs!r} with mode={self.mode!r}")
         self.warmup_epochs = warmup_epochs
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
-        self.start_epoch = start_epoch
+        start = _check_start(start_epoch)
+        self.start_epoch = (0 if self.mode == "grad" else DEFAULT_PULL_START) if start is None else start
+        if isinstance(rho_min, bool) or not isinstance(rho_min, (int, float)) or not 0.0 < rho_min < 1.0:
+            raise ValueError(f"rho_min must be a number in (0, 1), got {rho_min!r}")
+        self.rho_min = float(rho_min)
+        if isinstance(hard_every, bool) or not isinstance(hard_every, int) or hard_every < 1:
+            raise ValueError(f"hard_every must be an integer >= 1, got {hard_every!r}")
+        self.hard_every = hard_every
         if not isinstance(pull_clipped, bool):
             raise TypeError(f"pull_clipped must be a bool, got {pull_clipped!r}")
         self.pull_clipped = pull_clipped
@@ -80,17 +203,17 @@ class QuantizationRegularizerCore:
         self.targets, self.include, self.exclude = targets, include, exclude
         self.log_histograms = log_histograms
         self.log_prefix = _base.check_prefix(log_prefix)
-        self._params: dict[str, torch.nn.Parameter] = {}
-        self._scales: dict[str, torch.Tensor] = {}  # fqn -> float32 CPU, () or (C,): the state
-        self._inv: dict[str, torch.Tensor] = {}  # fqn -> 1/Δ, broadcast shape, on device
-        self._work: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # fqn -> scratch views
-        self._coef: dict[str, torch.Tensor] = {}  # fqn -> λ·Δ/π, broadcast shape, on device
-        self._limit: dict[str, torch.Tensor] = {}  # fqn -> qmax·Δ, the clipping edge
+        self._t: dict[str, _Target] = {}  # fqn -> parameter and grid
+        self._saved_scales: dict[str, torch.Tensor] = {}  # restored from a checkpoint before setup
         self._epoch = -1  # epoch whose start the scales were computed at
         self._lambda = 0.0
+        self._rho = 0.0
         self._snapped = False
         self._opt_params: dict[int, set[int]] = {}
         self._factors_epoch: int | None = None  # epoch the per-step factors were built for
+        self._max_epochs: int | None = None
+        self._total_steps: int | None = None
+        self._last_step = -1  # global step the last prox/hard step ran after
 
     @property
     def state_key(self) -> str:
@@ -102,50 +225,88 @@ class QuantizationRegularizerCore:
     @property
     def scales(self) -> dict[str, torch.Tensor]:
         """fqn -> grid step Δ (float32, CPU), as used this epoch and stored in the state."""
-        return dict(self._scales)
+        if not self._t:
+            return dict(self._saved_scales)
+        return {n: t.scale for n, t in self._t.items() if t.scale is not None}
 
-    def lambda_at(self, epoch: int) -> float:
-        """λ at ``epoch``: 0 before ``start_epoch``, then ``weight`` (or ``weight(epoch)``)
-        times the linear warm-up ramp ``min(1, (epoch − start_epoch + 1) / (warmup_epochs + 1))``."""
-        if epoch < self.start_epoch:
+    @property
+    def _params(self) -> dict[str, torch.nn.Parameter]:
+        return {n: t.param for n, t in self._t.items()}
+
+    # -- schedules (pure given the run's length) -----------------------------------------------
+    def start_fraction(self, max_epochs: int | None = None) -> float:
+        """The pull's start as a fraction of the run (an epoch start_epoch is start_epoch/max_epochs)."""
+        if isinstance(self.start_epoch, float):
+            return self.start_epoch
+        max_epochs = self._max_epochs if max_epochs is None else max_epochs
+        if not max_epochs:
+            raise ValueError("start_epoch given as an epoch needs the trainer's max_epochs for this form")
+        return min(1.0, self.start_epoch / max_epochs)
+
+    def start_epoch_index(self, max_epochs: int | None = None) -> int:
+        """The first epoch of the gradient form's pull (a fraction is floor(fraction · max_epochs))."""
+        if isinstance(self.start_epoch, int):
+            return self.start_epoch
+        max_epochs = self._max_epochs if max_epochs is None else max_epochs
+        if not max_epochs:
+            raise ValueError("start_epoch given as a fraction needs a bounded trainer (max_epochs)")
+        return int(math.floor(self.start_epoch * max_epochs))
+
+    def lambda_at(self, epoch: int, max_epochs: int | None = None) -> float:
+        """λ of the gradient form at ``epoch``: 0 before the start epoch, then ``weight`` (or
+        ``weight(epoch)``) times the ramp ``min(1, (epoch − start + 1) / (warmup_epochs + 1))``."""
+        if self.mode != "grad":
+            return 0.0
+        first = self.start_epoch_index(max_epochs)
+        if epoch < first:
             return 0.0
         lam = _check_weight(self.weight(epoch) if callable(self.weight) else self.weight, "weight(epoch)")
-        return lam * min(1.0, (epoch - self.start_epoch + 1) / (self.warmup_epochs + 1))
+        return lam * min(1.0, (epoch - first + 1) / (self.warmup_epochs + 1))
+
+    def rho_at_step(self, step: int, total_steps: int | None = None, max_epochs: int | None = None) -> float:
+        """ρ of the prox form after optimizer step ``step`` (1-based) of ``total_steps``."""
+        total = self._total_steps if total_steps is None else total_steps
+        return rho_at(step / total, self.start_fraction(max_epochs), self.rho_min)
 
     # -- grid ----------------------------------------------------------------------------
     def _refresh(self, trainer) -> None:
         """Compute Δ from the current weights (rank 0, broadcast) and the per-step factors."""
         epoch = trainer.current_epoch
-        if self._epoch != epoch or not self._scales:
+        have = all(t.scale is not None for t in self._t.values())
+        if self._epoch != epoch or not have:
             scales = None
             if trainer.is_global_zero:
                 scales = {
-                    n: compute_scale(p.detach(), self.bits, self.granularity, self.clip).to("cpu", torch.float32)
-                    for n, p in self._params.items()
+                    n: compute_scale(t.param.detach(), self.bits, self.granularity, self.clip).to("cpu", torch.float32)
+                    for n, t in self._t.items()
                 }
-            self._scales = _base.broadcast(trainer, scales)
+            scales = _base.broadcast(trainer, scales)
+            for n, t in self._t.items():
+                t.scale = scales[n]
             self._epoch = epoch
         self._lambda = self.lambda_at(epoch)
         flat: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        for n, p in self._params.items():
-            s = broadcast_scale(self._scales[n].to(p.device, p.dtype), p)
-            self._inv[n] = 1.0 / s
-            self._coef[n] = s * (self._lambda / math.pi)
-            self._limit[n] = s * qmax(self.bits)
+        for t in self._t.values():
+            p = t.param
+            s = broadcast_scale(t.scale.to(p.device, p.dtype), p)
+            t.step, t.inv = s, 1.0 / s
+            t.coef = s * (self._lambda / math.pi)
+            t.limit = s * qmax(self.bits)
             key = (p.device, p.dtype)
             if key not in flat:  # two scratch buffers per device/dtype, as big as the largest target
-                size = max(q.numel() for q in self._params.values() if (q.device, q.dtype) == key)
+                size = max(q.param.numel() for q in self._t.values() if (q.param.device, q.param.dtype) == key)
                 flat[key] = tuple(torch.empty(size, device=p.device, dtype=p.dtype) for _ in range(2))
-            self._work[n] = tuple(buf[: p.numel()].view(p.shape) for buf in flat[key])
+            t.work = tuple(buf[: p.numel()].view(p.shape) for buf in flat[key])
         self._factors_epoch = epoch
 
     @torch.no_grad()
     def snap_(self, trainer=None) -> None:
         """Snap every target onto its grid with the stored Δ (idempotent)."""
-        if not self._scales and trainer is not None:
+        if trainer is not None and any(t.scale is None for t in self._t.values()):
             self._refresh(trainer)
-        for n, p in self._params.items():
-            p.copy_(snap(p, self._scales[n].to(p.device), self.bits))
+        for t in self._t.values():
+            p = t.param
+            p.copy_(snap(p, t.scale.to(p.device), self.bits))
         self._snapped = True
 
     # -- hooks ---------------------------------------------------------------------------
@@ -153,9 +314,28 @@ class QuantizationRegularizerCore:
         if stage != "fit":
             return
         _base.check_strategy(trainer, type(self).__name__)
-        self._params = {t.name: t.param for t in _base.resolve_targets(pl_module, self.targets, self.include, self.exclude)}
+        found = _base.resolve_targets(pl_module, self.targets, self.include, self.exclude)
+        self._t = {t.name: _Target(t.param, self._saved_scales.get(t.name)) for t in found}
         self._opt_params = {}
         self._factors_epoch = None
+        end = _base.last_epoch(trainer)
+        self._max_epochs = None if end is None else end + 1
+        if isinstance(self.start_epoch, float) and self.mode == "grad" and self._max_epochs is None:
+            raise ValueError("start_epoch given as a fraction needs a bounded trainer (max_epochs)")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.mode == "grad":
+            return
+        total = trainer.estimated_stepping_batches
+        if not isinstance(total, int) and not (isinstance(total, float) and math.isfinite(total)):
+            raise ValueError(f"mode={self.mode!r} anneals over the run and needs a bounded one "
+                             f"(max_epochs or max_steps), got {total!r} steps")
+        if not getattr(pl_module, "automatic_optimization", True):
+            total *= max(1, len(trainer.optimizers))  # manual: global_step counts every optimizer's steps
+        self._total_steps = max(int(total), 1)
+        if isinstance(self.start_epoch, int) and self._max_epochs is None:
+            raise ValueError("start_epoch given as an epoch needs the trainer's max_epochs for this form")
+        self._last_step = int(trainer.global_step)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         # Δ is recomputed lazily at the epoch's first optimizer step, after every
@@ -166,7 +346,7 @@ class QuantizationRegularizerCore:
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._factors_epoch != trainer.current_epoch:
             self._refresh(trainer)
-        if self._lambda == 0.0:
+        if self.mode != "grad" or self._lambda == 0.0:
             return
         ids = self._opt_params.get(id(optimizer))
         if ids is None:  # only the parameters this optimizer steps (several optimizers)
@@ -174,11 +354,38 @@ class QuantizationRegularizerCore:
             self._opt_params[id(optimizer)] = ids
         lam = self._lambda if self.pull_clipped else 0.0  # the clip term's factor
         with torch.no_grad():
-            for n, p in self._params.items():
+            for t in self._t.values():
+                p = t.param
                 if p.grad is not None and id(p) in ids:
-                    scaled_grad_(p.grad, p, self._inv[n], self._coef[n], self._limit[n], lam, self._work[n])
+                    scaled_grad_(p.grad, p, t.inv, t.coef, t.limit, lam, t.work)
+
+    @torch.no_grad()
+    def _decoupled_step(self, trainer) -> None:
+        """The prox or hard step after an optimizer step (once per step, not per batch)."""
+        step = int(trainer.global_step)
+        if step == self._last_step or self._factors_epoch is None:
+            return
+        self._last_step = step
+        final = step >= self._total_steps
+        if self.mode == "prox":
+            rho = 1.0 if final else self.rho_at_step(step)
+        else:  # hard: snap every hard_every steps once the pull has started
+            started = step / self._total_steps >= self.start_fraction()
+            rho = 1.0 if final or (started and step % self.hard_every == 0) else 0.0
+        self._rho = rho
+        if rho == 0.0:
+            return
+        if rho >= 1.0:
+            self.snap_()
+            self._snapped = False  # training goes on after a periodic snap
+            return
+        qm = qmax(self.bits)
+        for t in self._t.values():
+            prox_step_(t.param, t.step, t.inv, qm, rho, t.work[0])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.mode != "grad":
+            self._decoupled_step(trainer)
         # Snap before the last epoch's validation and ModelCheckpoint save.
         if self.snap_on_fit_end and _base.is_final_batch(trainer):
             self.snap_(trainer)
@@ -187,7 +394,7 @@ class QuantizationRegularizerCore:
         end = _base.last_epoch(trainer)
         if self.snap_on_fit_end and (trainer.should_stop or (end is not None and trainer.current_epoch >= end)):
             self.snap_(trainer)  # user callbacks run before ModelCheckpoint's epoch-end save
-        if trainer.is_global_zero and self._scales:
+        if trainer.is_global_zero and self.scales:
             self._log(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -198,8 +405,9 @@ class QuantizationRegularizerCore:
     def _log(self, trainer, pl_module) -> None:
         pen = dist = near = clip = 0.0
         total = 0
-        for n, p in self._params.items():
-            s = self._scales[n].to(p.device)
+        for t in self._t.values():
+            p = t.param
+            s = t.scale.to(p.device)
             d = grid_distance(p, s, self.bits)
             pen += float(penalty(p.detach().float(), s, self.bits, self.pull_clipped))
             dist += float(d.sum())
@@ -211,106 +419,45 @@ class QuantizationRegularizerCore:
             f"{self.log_prefix}/grid_distance": dist / total,  # mean |w − snap(w)| / Δ
             f"{self.log_prefix}/on_grid_frac": near / total,  # share within 0.05 Δ of the grid
             f"{self.log_prefix}/clipped_frac": clip / total,  # share beyond the range, clamped on export
-            f"{self.log_prefix}/quant_lambda": self._lambda,
         }
+        metrics[f"{self.log_prefix}/quant_{'lambda' if self.mode == 'grad' else 'rho'}"] = (
+            self._lambda if self.mode == "grad" else self._rho)
         _base.log_metrics(trainer, pl_module, metrics)
         if self.log_histograms:
-            _base.log_histograms(trainer, {n: p for n, p in self._params.items()}, f"{self.log_prefix}/weights")
+            _base.log_histograms(trainer, self._params, f"{self.log_prefix}/weights")
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "version": _base.STATE_VERSION,
+            "version": STATE_VERSION,
             "bits": self.bits,
             "granularity": self.granularity,
             "clip": self.clip,
-            "scales": _base.to_cpu_state(self._scales),
+            "mode": self.mode,
+            "scales": _base.to_cpu_state(self.scales),
             "epoch": int(self._epoch),
-            "weight": float(self._lambda),
+            "lambda": float(self._lambda),
             "snapped": bool(self._snapped),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         version = state_dict.get("version")
-        if version != _base.STATE_VERSION:
-            raise ValueError(f"QuantizationRegularizer state version must be {_base.STATE_VERSION}, got {version!r}")
-        for key in ("bits", "granularity", "clip"):
-            if state_dict[key] != getattr(self, key):
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"QuantizationRegularizer state version must be 1 or {STATE_VERSION}, got {version!r}")
+        saved = dict(state_dict, mode=state_dict.get("mode", "grad"))  # version 1 had the gradient form only
+        for key in ("bits", "granularity", "clip", "mode"):
+            if saved[key] != getattr(self, key):
                 raise ValueError(
-                    f"checkpoint was trained with {key}={state_dict[key]!r}, this callback has {getattr(self, key)!r}"
+                    f"checkpoint was trained with {key}={saved[key]!r}, this callback has {getattr(self, key)!r}"
                 )
-        self._scales = {n: s.to(torch.float32) for n, s in state_dict["scales"].items()}
+        scales = {n: s.to(torch.float32) for n, s in state_dict["scales"].items()}
+        self._saved_scales = scales
+        for n, t in self._t.items():
+            t.scale = scales.get(n)
         self._epoch = int(state_dict["epoch"])
-        self._lambda = float(state_dict["weight"])
+        self._lambda = float(state_dict["lambda" if version == STATE_VERSION else "weight"])
         self._snapped = bool(state_dict.get("snapped", False))
 
 
 class QuantizationRegularizer(QuantizationRegularizerCore, pl.Callback):
-    r"""Backward-pass quantization regularizer toward the symmetric mid-tread export grid.
-
-    Math. For a targeted weight ``w`` with grid step Δ (per output channel or per tensor,
-    ``compress.quant.grid.compute_scale``), the absolute-cosine penalty (Naumov et al.
-    2018, periodic regularizers) is ``R(w) = Σ (1 − |cos(π w/Δ)|)``: 0 on the grid,
-    1 per weight halfway. After ``backward`` the callback adds, in closed form,
-
-        grad += λ · (Δ/π)² · ∂R/∂w = λ · (Δ/π) · sign(cos(π w/Δ)) · sin(π w/Δ)
-
-    Weights beyond the clipping range ``qmax·Δ``, which export clamps, get
-    ``λ · (w − clamp(w))`` with ``pull_clipped`` (the default): they are pulled to the
-    edge level, which holds the range near the first epoch's, a max-norm constraint that
-    helped at 8 bits. With ``pull_clipped=False`` they get nothing: the task sets the
-    range and Δ follows it at the next epoch. Measured trade-offs in
-    ``compress.quant.penalty`` and docs/callbacks.md.
-
-    The factor (Δ/π)² removes the π/Δ growth of the raw gradient: the added term is about
-    ``λ · (w − snap(w))``, a per-weight pull proportional to the distance to the grid in
-    weight units. It depends neither on the bit width nor on the layer's range nor on the
-    tensor size (a per-weight quantity, no sum over the tensor), so one λ works across
-    layers and models. The logged value is the per-weight mean of ``1 − |cos|``.
-
-    Few bits. With Adam, once a weight's task gradient is small the added term decides its
-    step and locks it onto its nearest level; at 4 bits the levels are far apart and a
-    network locked early stops learning. Start the pull late and gently there
-    (``start_epoch`` a few epochs before the end, a smaller ``weight``): measured figures
-    in docs/callbacks.md and ``recipes/compression/sparse75_qreg4.yaml``.
-
-    When Δ changes. Δ is computed from the weights at each epoch's first optimizer step
-    (after all epoch-start hooks), on rank 0, broadcast to all ranks, stored in the state,
-    and kept fixed for that epoch. ``clip`` picks the rule: "max" (Δ = max|w|/qmax) or
-    "mse" (the MSE-optimal clipping of ``grid.mse_scale``); None = "mse" for
-    bits <= 4, where levels are too few to spend on outliers, else "max".
-
-    With a sparsifier. Pruned weights are exact zeros: 0 is a grid point where the added
-    gradient ``sin(0)`` vanishes, zeros never set ``max|w|`` and are excluded from the MSE
-    clipping error, so masked weights stay at 0 and do not affect Δ; no coupling needed.
-
-    Snapping. With ``snap_on_fit_end`` the weights are snapped with the stored Δ after the
-    last training batch of the fit (before the last validation and before
-    ModelCheckpoint's last save), again at the last epoch's end and in ``on_fit_end``
-    (idempotent), so the final checkpoint holds exactly what export writes. A run cut
-    short by early stopping is snapped in ``on_fit_end``: a checkpoint saved during the
-    stopping epoch may hold unsnapped weights, the state after ``fit`` (and any
-    ``trainer.save_checkpoint``) is snapped.
-
-    Args:
-        bits: bit width, 2..8.
-        weight: λ, a float >= 0 or a callable ``epoch -> float``.
-        granularity: "channel" (Δ per output channel, axis 0) or "tensor".
-        clip: "max", "mse", or None (auto, see above).
-        targets: exact parameter names; None = ``compress.find_targets`` defaults.
-        include, exclude: regexes on parameter names that adjust the defaults.
-        warmup_epochs: λ ramps linearly as ``min(1, (epoch−start_epoch+1)/(warmup_epochs+1))``.
-        pull_clipped: pull weights beyond the clipping range to the edge level.
-        start_epoch: no pull before this epoch (λ = 0; Δ is still computed and logged), so
-            that the network can find its range and its masks first.
-        snap_on_fit_end: snap the weights onto the grid when fitting ends.
-        log_histograms: weight histograms of a few layers when the logger is TensorBoard.
-        log_prefix: logged keys are ``{log_prefix}/quant_penalty``, ``/grid_distance``
-            (mean in units of Δ), ``/on_grid_frac`` (within 0.05Δ), ``/clipped_frac``
-            (beyond the range by more than Δ/2: clamped on export), ``/quant_lambda``.
-
-    Example:
-        >>> import pytorch_lightning as pl
-        >>> from compress import QuantizationRegularizer
-        >>> trainer = pl.Trainer(max_epochs=10, callbacks=[QuantizationRegularizer(bits=4)])
-    """
+    __doc__ = QuantizationRegularizerCore.__doc__

@@ -65,8 +65,9 @@ class Resolved:
 def _check_state(state, key: str, kind: str) -> dict:
     if not isinstance(state, Mapping):
         raise TypeError(f"callbacks[{key!r}] must be a dict, got {type(state).__name__}")
-    if state.get("version") != 1:
-        raise ValueError(f"callbacks[{key!r}]['version'] must be 1, got {state.get('version')!r}")
+    versions = (1, 2) if kind == REGULARIZER else (1,)  # regularizer state 2: λ renamed, mode added
+    if state.get("version") not in versions:
+        raise ValueError(f"callbacks[{key!r}]['version'] must be one of {versions}, got {state.get('version')!r}")
     need = ("bits", "scales") if kind == REGULARIZER else ("masks",)
     for name in need:
         if name not in state:

@@ -121,9 +121,26 @@ def mse_scale(
     return torch.where(empty, torch.ones_like(best), best)
 
 
-def compute_scale(w: torch.Tensor, bits: int, granularity: str = "channel", clip: str = "max") -> torch.Tensor:
-    """Grid step for ``w``: ``clip="max"`` (no clipping) or ``"mse"`` (MSE-optimal clipping)."""
+MSE_CLIP_MAX_BITS = 4  # at or below this bit width the default clipping rule is "mse"
+
+
+def default_clip(bits: int) -> str:
+    """The one post-training clipping rule: "mse" at <= 4 bits, else "max".
+
+    With few levels a max-based Δ spends them on rare outliers, and MSE clipping lowers
+    the rounding error of every other weight; from 5 bits on the levels are dense enough
+    that clipping outliers costs more than it saves. The regularizer, the fake-quant
+    baseline, ``compress export --bits``, ``compress verify`` and the benchmark's PTQ rows
+    all take their rule from here (``compute_scale(..., clip=None)``).
+    """
+    return "mse" if check_bits(bits) <= MSE_CLIP_MAX_BITS else "max"
+
+
+def compute_scale(w: torch.Tensor, bits: int, granularity: str = "channel", clip: str | None = None) -> torch.Tensor:
+    """Grid step for ``w``: ``clip="max"`` (no clipping), ``"mse"`` (MSE-optimal clipping),
+    or None for ``default_clip(bits)``."""
     check_bits(bits)
+    clip = default_clip(bits) if clip is None else clip
     if clip == "max":
         return max_scale(w, bits, granularity)
     if clip == "mse":

@@ -1,0 +1,371 @@
+"""Bench section "finetune": every method compresses the same trained fp32 model.
+
+The protocol teams use: one fp32 training per seed (``compression=none``, the recipe's
+epochs), then every method fine-tunes that same checkpoint for the same few epochs with
+the same optimizer and schedule (``init_from``, ``FT_OVERRIDES``). PTQ and one-shot rows
+need no fine-tuning and come from the fp32 checkpoint itself. Every row is a packed
+file evaluated after decoding it with ``compress.load``; variants are chosen on the
+``valid`` split, the test splits are only reported.
+
+Groups of trainings (``--finetune-groups``, so the study can run in batches with
+``--finetune-reuse``):
+
+* ``hard``: 75% + 4 bits, every seed: Lightning ``ModelPruning`` + PTQ, the
+  ``GradualSparsifier`` alone + PTQ, fake-quant QAT (STE) with the same sparsifier, and
+  ours (``sparse75_qreg4``); with PTQ int4 and one-shot + PTQ from the fp32 checkpoint.
+* ``bits``: ours at 75% with 5 and 6 bits (first seed), next to PTQ at those bits.
+* ``easy``: 50% + 8 bits (first seed): the ablation (fp32 fine-tuned the same epochs
+  without compression, the sparsifier alone, the regularizer alone, both), Lightning
+  ``ModelPruning``, fake-quant QAT.
+* ``variants``: other settings of ours at 75% + 4 bits (first seed), for the choice on
+  ``valid``.
+
+    python -m compress.bench finetune --finetune-size tiny    # the CI smoke run
+    python -m compress.bench.finetune --jobs 2 --reuse        # the figures (hours)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import tempfile
+import time
+from pathlib import Path
+
+from compress.bench import accuracy
+from compress.bench.baselines import label
+
+FT_EPOCHS = 3
+FT_OVERRIDES = ("++model.lr=0.001", "++model.schedule=cosine")  # a fine-tuning schedule, the same for every method
+SEEDS = 3
+GROUPS = ("variants", "hard", "bits", "easy")
+SPLITS = ("test_voices", "test_sentences")
+# Variants of ours at 75% + 4 bits, chosen on valid (name -> recipe, extra overrides).
+QREG = "compression.quantization_regularizer"
+VARIANTS = {
+    "prox_start0.25": ("sparse75_qreg4", [f"{QREG}.start_epoch=0.25"]),
+    "hard_every50": ("sparse75_qreg4", [f"{QREG}.mode=hard", f"++{QREG}.hard_every=50"]),
+    "grad_late": ("sparse75_qreg4_grad", []),
+}
+OPTIONS = ("size", "epochs", "jobs", "data_dir", "reuse", "seeds", "groups")
+
+
+def add_arguments(parser, prefix: str = "finetune-") -> None:
+    """The section's options (``--finetune-*`` under ``python -m compress.bench``)."""
+    parser.add_argument(f"--{prefix}size", choices=("tiny", "full"), default="full",
+                        help="tiny: the experiment=tiny settings (CI); full: the default recipe (default)")
+    parser.add_argument(f"--{prefix}epochs", type=int, default=None,
+                        help=f"fine-tuning epochs of every method (default {FT_EPOCHS}; 1 for tiny)")
+    parser.add_argument(f"--{prefix}jobs", type=int, default=2, help="trainings run in parallel (default 2)")
+    parser.add_argument(f"--{prefix}data-dir", default=None, help="corpus cache root (default: the datamodule's)")
+    parser.add_argument(f"--{prefix}reuse", action="store_true",
+                        help="keep trainings and figures made with the same settings (run the study in batches)")
+    parser.add_argument(f"--{prefix}seeds", type=int, default=None,
+                        help=f"seeds of the hard setting (default {SEEDS}; 2 for tiny)")
+    parser.add_argument(f"--{prefix}groups", default=",".join(GROUPS),
+                        help=f"comma-separated groups of trainings to run, of {GROUPS} (default all)")
+
+
+def _options(args) -> argparse.Namespace:
+    prefixed = any(hasattr(args, f"finetune_{k}") for k in OPTIONS)
+    opts = argparse.Namespace(size="full", epochs=None, jobs=2, data_dir=None, reuse=False, seeds=None,
+                              groups=",".join(GROUPS), threads=1, out=None)
+    for k in vars(opts):
+        v = getattr(args, f"finetune_{k}" if prefixed and k in OPTIONS else k, None)
+        if v is not None:
+            setattr(opts, k, v)
+    if opts.size not in ("tiny", "full"):
+        raise ValueError(f"--size must be 'tiny' or 'full', got {opts.size!r}")
+    opts.epochs = opts.epochs if opts.epochs is not None else (1 if opts.size == "tiny" else FT_EPOCHS)
+    opts.seeds = opts.seeds if opts.seeds is not None else (2 if opts.size == "tiny" else SEEDS)
+    for name in ("jobs", "threads", "epochs", "seeds"):
+        v = getattr(opts, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name} must be an integer >= 1, got {v!r}")
+    groups = [g for g in str(opts.groups).split(",") if g]
+    bad = [g for g in groups if g not in GROUPS]
+    if bad or not groups:
+        raise ValueError(f"--groups must be a comma-separated list of {GROUPS}, got {opts.groups!r}")
+    opts.groups = groups
+    return opts
+
+
+def seed_overrides(seed: int) -> list[str]:
+    """Training seed ``seed`` on the same corpus (seed 0's); seed 0 is the recipe as it is."""
+    return [] if seed == 0 else [f"seed={seed}", "data.corpus.seed=0"]
+
+
+def _row(key, method, bits=None, sparsity=0.0, seed=0, group=None, **extra) -> dict:
+    row = {"key": key, "method": method, "setting": group, "seed": seed, "target_sparsity": sparsity}
+    if bits is not None:
+        row["bits"] = bits
+    if method in ("ptq", "oneshot", "lightning", "sparse"):
+        row.update(clip=None, granularity="channel")  # grid.default_clip: the one rule
+    return {**row, **extra}
+
+
+def plan(base: list[str], seeds: int, epochs: int, groups: list[str], runs: Path) -> list[dict]:
+    """Every training of the requested groups (fp32 bases first), with the rows each yields.
+
+    Args:
+        base: Hydra overrides shared by every training (size, threads, data dir).
+        seeds: number of seeds of the hard setting (0, 1, ...).
+        epochs: fine-tuning epochs.
+        groups: some of ``GROUPS``.
+        runs: the folder of the training directories.
+    """
+    ft = [f"trainer.max_epochs={epochs}", *FT_OVERRIDES]
+    hard_seeds = list(range(seeds)) if "hard" in groups else [0]
+    jobs = []
+    for s in hard_seeds:
+        rows = [_row("fp32", "fp32", seed=s, group="fp32"), _row("ptq4", "ptq", 4, seed=s, group="hard"),
+                _row("oneshot75_ptq4", "oneshot", 4, 0.75, s, "hard")]
+        if s == 0:
+            rows += [_row(f"ptq{b}", "ptq", b, 0.0, 0, "bits") for b in (5, 6)]
+            rows += [_row(f"oneshot75_ptq{b}", "oneshot", b, 0.75, 0, "bits") for b in (5, 6)]
+            rows += [_row("ptq8", "ptq", 8, 0.0, 0, "easy"), _row("oneshot50_ptq8", "oneshot", 8, 0.5, 0, "easy")]
+        name = "fp32" if s == 0 else f"fp32_s{s}"
+        jobs.append({"name": name, "compression": "none", "pruning": None, "overrides": base + seed_overrides(s),
+                     "rows": rows, "dir": str(runs / name)})
+
+    def finetune(key, compression, rows, seed=0, pruning=None, extra=()):
+        name = f"ft_{key}" + (f"_s{seed}" if seed else "")
+        base_name = "fp32" if seed == 0 else f"fp32_s{seed}"
+        jobs.append({"name": name, "compression": compression, "pruning": pruning,
+                     "overrides": base + seed_overrides(seed) + ft + list(extra), "rows": rows,
+                     "init_from": str(runs / base_name / "model.ckpt"), "needs": base_name,
+                     "dir": str(runs / name), "seed": seed})
+
+    def pruning(sparsity):
+        return {"final_sparsity": sparsity, "schedule": "cubic", "start_epoch": 0, "end_epoch": None}
+
+    def hard(s):
+        finetune("sparse75_qreg4", "sparse75_qreg4", [_row("sparse75_qreg4", "ours", 4, 0.75, s, "hard")], s)
+        finetune("sparse75_fq4", "sparse75_fq4", [_row("sparse75_fq4", "fakequant", 4, 0.75, s, "hard")], s)
+        finetune("lightning75_ptq4", "none", [_row("lightning75_ptq4", "lightning", 4, 0.75, s, "hard")], s,
+                 pruning(0.75))
+        finetune("sparse75_ptq4", "sparse75", [_row("sparse75_ptq4", "sparse", 4, 0.75, s, "hard")], s)
+
+    # Order is priority: seed 0 of the hard setting and the variants first (the choice of
+    # the default is made on them), then the other seeds, then bit widths and ablation.
+    if "hard" in groups:
+        hard(0)
+    if "variants" in groups:
+        for v, (recipe, extra) in VARIANTS.items():
+            finetune(f"v_{v}", recipe, [_row(f"v_{v}", "ours", 4, 0.75, 0, "variants")], extra=extra)
+    if "hard" in groups:
+        for s in hard_seeds[1:]:
+            hard(s)
+    if "bits" in groups:
+        for b in (5, 6):
+            finetune(f"sparse75_qreg{b}", f"sparse75_qreg{b}", [_row(f"sparse75_qreg{b}", "ours", b, 0.75, 0, "bits")])
+    if "easy" in groups:
+        finetune("fp32_ft", "none", [_row("fp32_ft", "fp32", None, 0.0, 0, "easy")])
+        finetune("lightning50_ptq8", "none", [_row("lightning50_ptq8", "lightning", 8, 0.5, 0, "easy")], 0,
+                 pruning(0.5))
+        finetune("sparse50_ptq8", "sparse50", [_row("sparse50_ptq8", "sparse", 8, 0.5, 0, "easy")])
+        finetune("qreg8", "qreg8", [_row("qreg8", "ours", 8, 0.0, 0, "easy")])
+        finetune("sparse50_fq8", "sparse50_fq8", [_row("sparse50_fq8", "fakequant", 8, 0.5, 0, "easy")])
+        finetune("sparse50_qreg8", "sparse50_qreg8", [_row("sparse50_qreg8", "ours", 8, 0.5, 0, "easy")])
+        # the other form at 8 bits, for the choice of the default form per bit width
+        finetune("sparse50_qreg8_prox", "sparse50_qreg8", [_row("sparse50_qreg8_prox", "ours", 8, 0.5, 0, "easy")],
+                 extra=[f"++{QREG}.mode=prox"])
+    return jobs
+
+
+# -- aggregation -------------------------------------------------------------------------------
+def _stats(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n}
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One entry per row key: WER/CER mean, sample standard deviation and count over seeds (in %)."""
+    by_key: dict[str, list[dict]] = {}
+    for r in rows:
+        by_key.setdefault(r["key"], []).append(r)
+    out = []
+    for key, rs in by_key.items():
+        entry = {"key": key, "label": label(rs[0]), "method": rs[0]["method"], "group": rs[0]["setting"],
+                 "seeds": sorted(r["seed"] for r in rs), "bytes": round(sum(r["bytes"] for r in rs) / len(rs)),
+                 "sparsity": sum(r["decoded_sparsity"] for r in rs) / len(rs)}
+        for split in SPLITS:
+            entry[f"wer_{split}"] = _stats([100 * r["metrics"][split]["wer"] for r in rs])
+        entry["wer_valid"] = _stats([100 * r["valid"]["wer"] for r in rs])
+        out.append(entry)
+    return out
+
+
+def beats(a: dict, b: dict, split: str = accuracy.SPLIT) -> bool:
+    """``a`` beats ``b``: its mean WER is lower by more than the larger of the two standard deviations."""
+    x, y = a[f"wer_{split}"], b[f"wer_{split}"]
+    return x["mean"] < y["mean"] - max(x["std"], y["std"])
+
+
+def check_targets(entries: list[dict], split: str = accuracy.SPLIT) -> list[dict]:
+    """The issue's targets on the fine-tuning protocol (means over seeds where there are several)."""
+    by = {e["key"]: e for e in entries}
+    out = []
+
+    def wer(key):
+        return by[key][f"wer_{split}"]["mean"]
+
+    if "fp32" not in by:
+        return out
+    for key, limit in (("sparse75_qreg4", 1.0), ("sparse75_qreg6", 0.5), ("sparse50_qreg8", 0.5)):
+        if key in by:
+            loss = wer(key) - wer("fp32")
+            out.append({"target": f"{by[key]['label']} within {limit:g} WER points of fp32", "kind": "loss",
+                        "value": loss, "limit": limit, "pass": loss <= limit + 1e-9})
+    if "sparse75_qreg4" in by:
+        ours = by["sparse75_qreg4"]
+        for key in ("oneshot75_ptq4", "lightning75_ptq4", "sparse75_ptq4", "sparse75_fq4"):
+            if key in by:
+                margin = wer("sparse75_qreg4") - wer(key)
+                out.append({"target": f"{ours['label']} beats {by[key]['label']}", "kind": "beat",
+                            "value": margin, "limit": -max(ours[f"wer_{split}"]["std"], by[key][f"wer_{split}"]["std"]),
+                            "pass": beats(ours, by[key], split)})
+    return out
+
+
+def _cell(s: dict) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}"
+
+
+def format_markdown(results: dict) -> str:
+    entries, m = results["entries"], results["machine"]
+    fp32_bytes = next((e["bytes"] for e in entries if e["key"] == "fp32"), None)
+    lines = [
+        "# Accuracy and size: compressing a trained model (fine-tuning protocol)", "",
+        f"One fp32 training per seed ({results['base_epochs']} epochs), then every method fine-tunes that same "
+        f"checkpoint for {results['epochs']} epochs (AdamW, lr 1e-3, cosine schedule). PTQ and one-shot rows "
+        "come from the fp32 checkpoint. Every row is a packed file evaluated after decoding it with "
+        "`compress.load`. WER in %, mean ± sample standard deviation over the seeds listed (one seed: no ±). "
+        "Variants were chosen on `valid`; the test splits are reported only.", "",
+        "| method | WER test_voices | WER test_sentences | WER valid | seeds | packed bytes | ratio to fp32 | sparsity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    order = {g: i for i, g in enumerate(("fp32", "hard", "bits", "easy", "variants"))}
+    for e in sorted(entries, key=lambda e: order.get(e["group"], 9)):
+        ratio = f"{fp32_bytes / e['bytes']:.2f}x" if fp32_bytes else "-"
+        lines.append(f"| {e['label']} | {_cell(e['wer_test_voices'])} | {_cell(e['wer_test_sentences'])} | "
+                     f"{_cell(e['wer_valid'])} | {','.join(map(str, e['seeds']))} | {e['bytes']:,} | {ratio} | "
+                     f"{100 * e['sparsity']:.1f}% |")
+    lines += ["", f"## Targets (WER on {results['split']}, means over seeds)", ""]
+    for t in results["targets"]:
+        what = (f"{t['value']:+.2f} points (limit {t['limit']:.2f})" if t["kind"] == "loss" else
+                f"{t['value']:+.2f} points (must be below {t['limit']:.2f}: the larger standard deviation)")
+        lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: {what}")
+    lines += [
+        "", "## Run", "",
+        f"- command: `{results['command']}` ({results['size']} size)",
+        f"- wall time of this invocation: {results['wall_seconds']:.0f} s (trainings reused with --reuse are not "
+        "counted)",
+        f"- machine: {m['processor']}, {m['cpu_count']} CPUs, {m['jobs']} training(s) at a time x "
+        f"{m['threads_per_training']} torch thread(s), torch {m['torch']}, Python {m['python']}",
+        f"- plot: `{results['plot']}`" if results.get("plot") else "- plot: not written (matplotlib missing)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(entries: list[dict], path: Path, split: str = accuracy.SPLIT) -> bool:
+    """WER against packed bytes, one point per row, seed spread as error bars (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    colors = {"fp32": "black", "ptq": "tab:gray", "oneshot": "tab:brown", "lightning": "tab:blue",
+              "sparse": "tab:cyan", "fakequant": "tab:orange", "ours": "tab:red"}
+    for e in entries:
+        if e["group"] == "variants":
+            continue
+        s = e[f"wer_{split}"]
+        ax.errorbar(e["bytes"], s["mean"], yerr=s["std"] if s["n"] > 1 else None, fmt="o", capsize=3,
+                    color=colors.get(e["method"], "tab:green"))
+        ax.annotate(e["key"], (e["bytes"], s["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("packed file bytes (log scale)")
+    ax.set_ylabel(f"WER {split} (%)")
+    ax.set_title("Fine-tuning protocol: WER against size (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def _command(opts) -> str:
+    parts = ["python", "-m", "compress.bench.finetune", "--size", opts.size, "--jobs", str(opts.jobs),
+             "--threads", str(opts.threads), "--out", str(opts.out), "--epochs", str(opts.epochs),
+             "--seeds", str(opts.seeds), "--groups", ",".join(opts.groups)]
+    if opts.data_dir is not None:
+        parts += ["--data-dir", str(opts.data_dir)]
+    if opts.reuse:
+        parts.append("--reuse")
+    return shlex.join(parts)
+
+
+def run(args=None) -> dict:
+    """Run the section (the fp32 bases, then the fine-tunings, then the table)."""
+    import torch
+
+    from compress.atomic import write_text
+    from compress.train import _instantiate
+
+    opts = _options(args if args is not None else argparse.Namespace())
+    t0 = time.perf_counter()
+    if opts.out is None:
+        opts.out = "bench" if opts.size == "full" else tempfile.mkdtemp(prefix="compress-bench-finetune-")
+    out = Path(opts.out).resolve()
+    runs = out / "accuracy_runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    acc = argparse.Namespace(size=opts.size, epochs=None, threads=opts.threads, data_dir=opts.data_dir)
+    base = accuracy.base_overrides(acc)
+    cfg = accuracy.compose_config(base + ["compression=none"])
+    print(f"== finetune: {opts.size} run, {int(cfg.trainer.max_epochs)} + {opts.epochs} epochs, {opts.seeds} "
+          f"seed(s), groups {opts.groups}, {opts.jobs} job(s) x {opts.threads} thread(s), output {out}", flush=True)
+    _instantiate(cfg.data, "data", gen_workers=opts.jobs * opts.threads).prepare_data()
+    specs = [{**job, "reuse": bool(opts.reuse)} for job in plan(base, opts.seeds, opts.epochs, opts.groups, runs)]
+    accuracy.run_jobs(specs, opts.jobs, opts.threads, runs)  # a fine-tuning waits for its base ("needs")
+    rows = [r for s in specs for r in json.loads((Path(s["dir"]) / "rows.json").read_text())["rows"]]
+    entries = aggregate(rows)
+    results = {
+        "command": _command(opts), "size": opts.size, "epochs": opts.epochs,
+        "base_epochs": int(cfg.trainer.max_epochs), "split": accuracy.SPLIT, "rows": rows, "entries": entries,
+        "targets": check_targets(entries), "wall_seconds": time.perf_counter() - t0,
+        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                    "jobs": opts.jobs, "threads_per_training": opts.threads, "torch": torch.__version__,
+                    "python": platform.python_version(), "platform": platform.platform()},
+    }
+    if plot(entries, out / "accuracy_finetune.png"):
+        results["plot"] = "accuracy_finetune.png"
+    write_text(out / "accuracy_finetune.json", json.dumps(results, indent=2) + "\n")
+    text = format_markdown(results)
+    write_text(out / "accuracy_finetune.md", text)
+    print(text, flush=True)
+    print(f"written: {out / 'accuracy_finetune.md'}, {out / 'accuracy_finetune.json'}", flush=True)
+    return results
+
+
+def main(argv=None) -> None:
+    """``python -m compress.bench.finetune``."""
+    parser = argparse.ArgumentParser(prog="python -m compress.bench.finetune", description=__doc__.split("\n\n")[0])
+    add_arguments(parser, prefix="")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
+    parser.add_argument("--out", default=None, help="output folder (default bench/ for full, a temp dir for tiny)")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
