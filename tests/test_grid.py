@@ -79,3 +79,22 @@ def test_bad_scale_shape_and_names():
         grid.compute_scale(torch.ones(4, 3), 8, "row")
     with pytest.raises(ValueError, match="clip"):
         grid.compute_scale(torch.ones(4, 3), 8, clip="l1")
+
+
+@pytest.mark.parametrize("bits", [3, 4, 5, 8])
+def test_one_clipping_rule_for_export_verify_ptq_and_the_regularizer(tmp_path, bits):
+    from compress import QuantizationRegularizer
+    from compress.bench.baselines import ptq
+    from compress.decoder.fast import load
+    from compress.export.pack import pack
+
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randn(8, 32, generator=g) ** 3  # heavy tails: max and MSE clipping differ
+    expected = "mse" if bits <= 4 else "max"
+    assert grid.default_clip(bits) == expected == QuantizationRegularizer(bits=bits, mode="grad").clip
+    if bits <= 4:  # few levels: the two rules differ on heavy tails
+        assert not torch.equal(grid.compute_scale(w, bits, clip="max"), grid.compute_scale(w, bits, clip="mse"))
+    snapped, scales = ptq({"w": w}, bits)
+    assert torch.equal(scales["w"], grid.compute_scale(w, bits, clip=expected))
+    pack({"w": w}, tmp_path / "w.psq", bits=bits)  # what `compress export --bits` does for a plain state
+    assert torch.equal(load(tmp_path / "w.psq")["w"], snapped["w"])
