@@ -74,9 +74,10 @@ class PsqRows(ctypes.Structure):
     _fields_ = ([("buf", ctypes.c_void_p)]
                 + [(n, ctypes.c_uint64) for n in ("data_off", "scales_off", "index_off", "values_off", "index_len",
                                                   "values_len", "numel", "nnz", "rows", "row", "row_elems", "elem",
-                                                  "vk", "ucur", "ub", "ecur", "gap", "next_pos", "after_pos")]
+                                                  "vk", "ucur", "ub", "ecur", "gap", "after_pos")]
                 + [(n, ctypes.c_uint32) for n in ("m", "w", "u", "kind", "dtype", "store", "bits", "encoding",
-                                                  "scale_count")])
+                                                  "scale_count", "npos", "ipos")]
+                + [("pos", ctypes.c_uint32 * 64)])  # PSQ_GOLOMB_BATCH
 
 
 _P = ctypes.POINTER

@@ -1415,23 +1415,6 @@ static uint32_t field_at(const uint8_t *s, uint64_t len, uint64_t pos, uint32_t 
     return (uint32_t)((window >> (pos & 7u)) & (((uint64_t)1 << w) - 1u));
 }
 
-/* The first set bit at or after from and before limit (limit if none). */
-static uint64_t next_one(const uint8_t *s, uint64_t len, uint64_t from, uint64_t limit)
-{
-    while (from < limit) {
-        uint64_t b = from >> 3, wv;
-        if (b >= len)
-            return limit;
-        wv = (b + 8 <= len ? rd64(s + b) : rd64_partial(s + b, len - b)) >> (from & 7u);
-        if (wv) {
-            uint64_t p = from + ctz64(wv);
-            return p < limit ? p : limit;
-        }
-        from = (b + 8) << 3;
-    }
-    return limit;
-}
-
 static int check_pad_bits(const uint8_t *buf, uint64_t base, uint64_t used, uint64_t len, const char *field,
                           psq_error *err)
 {
@@ -1510,56 +1493,105 @@ static int check_raw(const uint8_t *buf, const psq_tensor *t, psq_error *err)
     return PSQ_OK;
 }
 
+/* Golomb cursor: the bit after the last unary one, the next extra bit, the gap number, and
+ * the last position + 1. */
+typedef struct {
+    uint64_t ucur, ecur, gap, after;
+} golomb_cursor;
+
+/* Decode the next positions (at most want, at most up to gap nnz) into pos. Returns how many;
+ * *bad is set when the index is malformed at the gap after the last one returned. The unary
+ * ones are found a 64-bit word at a time, the low fields are independent fixed-width reads,
+ * and only the extra bits and the running sum are sequential. */
+static unsigned golomb_batch(const uint8_t *idx, uint64_t ilen, uint64_t ub, uint64_t nnz, uint64_t numel,
+                             uint64_t m, uint32_t w, uint32_t u, golomb_cursor *c, uint32_t *pos, unsigned want,
+                             int *bad)
+{
+    uint32_t q[PSQ_GOLOMB_BATCH];
+    uint64_t start = c->ucur, scan = c->ucur, ecur = c->ecur, after = c->after, bitlen = 8 * ilen;
+    uint64_t wmask = ((uint64_t)1 << w) - 1u, uc = c->ucur;
+    unsigned k = 0, j;
+    *bad = 0;
+    if (want > PSQ_GOLOMB_BATCH)
+        want = PSQ_GOLOMB_BATCH;
+    if (nnz - c->gap < want)
+        want = (unsigned)(nnz - c->gap);
+    while (k < want && scan < ub) { /* 1: the unary ones */
+        uint64_t b = scan >> 3, wv, valid;
+        if (b >= ilen)
+            break;
+        wv = (b + 8 <= ilen ? rd64(idx + b) : rd64_partial(idx + b, ilen - b)) >> (scan & 7u);
+        valid = (b + 8 <= ilen ? 64u : 8u * (ilen - b)) - (scan & 7u);
+        if (valid > ub - scan)
+            valid = ub - scan;
+        if (valid < 64)
+            wv &= ((uint64_t)1 << valid) - 1u;
+        while (wv && k < want) {
+            uint64_t one = scan + ctz64(wv);
+            q[k++] = (uint32_t)(one - start); /* < ub < 2^32 */
+            start = one + 1;
+            wv &= wv - 1u;
+        }
+        scan = k < want ? scan + valid : start;
+    }
+    if (k < want)
+        *bad = 1; /* the unary stream ends inside a gap */
+    for (j = 0; j < k; j++) { /* 2 and 3: low fields, extra bits, positions */
+        uint64_t lcur = ub + (c->gap + j) * w, low, p;
+        if (w == 0)
+            low = 0;
+        else if ((lcur >> 3) + 8 <= ilen)
+            low = (rd64(idx + (lcur >> 3)) >> (lcur & 7u)) & wmask;
+        else
+            low = field_at(idx, ilen, lcur, w);
+        if (low >= u) {
+            if (ecur >= bitlen) {
+                *bad = 1;
+                break;
+            }
+            low = ((low << 1) | ((uint64_t)(idx[ecur >> 3] >> (ecur & 7u)) & 1u)) - u;
+            ecur++;
+        }
+        if (q[j] >= numel) { /* then the position is >= numel; and q * m cannot overflow below */
+            *bad = 1;
+            break;
+        }
+        p = after + q[j] * m + low;
+        if (p >= numel) {
+            *bad = 1;
+            break;
+        }
+        pos[j] = (uint32_t)p; /* < numel <= 2^28 */
+        after = p + 1;
+        uc += (uint64_t)q[j] + 1;
+    }
+    c->gap += j; /* j < k only at a malformed gap */
+    c->ucur = uc;
+    c->ecur = ecur;
+    c->after = after;
+    return j;
+}
+
 static int check_golomb(const uint8_t *buf, const psq_tensor *t, uint64_t at, psq_error *err)
 {
     const uint8_t *s = buf + at;
-    uint64_t ilen = t->index_len, ub = t->unary_bits, nnz = t->nnz, numel = t->numel, m = t->golomb_m;
-    uint64_t ucur = 0, ecur, next = 0, g;
-    uint32_t w, u;
+    uint32_t w, u, pos[PSQ_GOLOMB_BATCH];
+    golomb_cursor c;
     golomb_width(t->golomb_m, &w, &u);
-    ecur = ub + nnz * w;
-    for (g = 0; g < nnz; g++) {
-        uint64_t one, q, low, pos, wv, lcur = ub + g * w;
-        if ((ucur >> 3) + 8 <= ilen && (lcur >> 3) + 8 <= ilen && (ecur >> 3) < ilen &&
-            (wv = rd64(s + (ucur >> 3)) >> (ucur & 7u)) != 0 && ucur + ctz64(wv) < ub) {
-            /* fast path: everything in full windows, the one bit inside the unary part */
-            q = ctz64(wv);
-            ucur += q + 1;
-            low = (rd64(s + (lcur >> 3)) >> (lcur & 7u)) & (((uint64_t)1 << w) - 1u);
-            if (low >= u) {
-                if (ecur >= 8 * ilen)
-                    return fail(err, PSQ_E_INDEX, "index", at, (int64_t)g);
-                low = ((low << 1) | ((s[ecur >> 3] >> (ecur & 7u)) & 1u)) - u;
-                ecur++;
-            }
-            pos = next + q * m + low;
-            if (pos >= numel)
-                return fail(err, PSQ_E_INDEX, "index", at, (int64_t)pos);
-            next = pos + 1;
-            continue;
-        }
-        one = next_one(s, ilen, ucur, ub);
-        if (one >= ub)
-            return fail(err, PSQ_E_INDEX, "index", at, (int64_t)g);
-        q = one - ucur;
-        ucur = one + 1;
-        low = field_at(s, ilen, ub + g * w, w);
-        if (low >= u) {
-            if (ecur >= 8 * ilen)
-                return fail(err, PSQ_E_INDEX, "index", at, (int64_t)g);
-            low = ((low << 1) | ((s[ecur >> 3] >> (ecur & 7u)) & 1u)) - u;
-            ecur++;
-        }
-        if (q >= numel) /* then q * m + next >= numel too; no overflow below */
-            return fail(err, PSQ_E_INDEX, "index", at, (int64_t)g);
-        pos = next + q * m + low;
-        if (pos >= numel)
-            return fail(err, PSQ_E_INDEX, "index", at, (int64_t)pos);
-        next = pos + 1;
+    c.ucur = 0;
+    c.ecur = (uint64_t)t->unary_bits + t->nnz * w;
+    c.gap = 0;
+    c.after = 0;
+    while (c.gap < t->nnz) {
+        int bad;
+        golomb_batch(s, t->index_len, t->unary_bits, t->nnz, t->numel, t->golomb_m, w, u, &c, pos,
+                     PSQ_GOLOMB_BATCH, &bad);
+        if (bad) /* unary stream ended inside a gap, extra bits past the index, or a position >= numel */
+            return fail(err, PSQ_E_INDEX, "index", at, (int64_t)c.gap);
     }
-    if (ucur != ub)
-        return fail(err, PSQ_E_INDEX, "index", at, (int64_t)(ub - ucur));
-    return check_pad_bits(buf, at, ecur, ilen, "index", err);
+    if (c.ucur != t->unary_bits)
+        return fail(err, PSQ_E_INDEX, "index", at, (int64_t)(t->unary_bits - c.ucur));
+    return check_pad_bits(buf, at, c.ecur, t->index_len, "index", err);
 }
 
 static int check_tensor(const psq_file *f, const psq_tensor *t, psq_error *err)
@@ -1641,41 +1673,9 @@ int psq_validate(const psq_file *f, psq_error *err)
 
 /* ---- decoding (after the checks; memory-safe even if they were skipped) ---- */
 
+#ifndef PSQ_CHUNK
 #define PSQ_CHUNK 256 /* floats of stack scratch for float16 / bfloat16 / float64 outputs */
-
-/* Decode the next Golomb position into s->next_pos (s->numel when there is none). */
-static void golomb_advance(psq_rows *s)
-{
-    const uint8_t *idx = s->buf + s->index_off;
-    uint64_t ilen = s->index_len, ucur = s->ucur, ub = s->ub, b = ucur >> 3, one = ub, q, low, pos;
-    if (s->gap >= s->nnz) {
-        s->next_pos = s->numel;
-        return;
-    }
-    if (b + 8 <= ilen) { /* the common case: the next one bit is in this 57-bit window */
-        uint64_t wv = rd64(idx + b) >> (ucur & 7u);
-        one = wv ? ucur + ctz64(wv) : next_one(idx, ilen, ucur, ub);
-        if (one > ub)
-            one = ub;
-    } else {
-        one = next_one(idx, ilen, ucur, ub);
-    }
-    q = one - ucur;
-    s->ucur = one + 1;
-    low = field_at(idx, ilen, ub + s->gap * s->w, s->w);
-    if (low >= s->u) {
-        uint64_t e = s->ecur++;
-        low = ((low << 1) | (e >> 3 < ilen ? (uint64_t)((idx[e >> 3] >> (e & 7u)) & 1u) : 0u)) - s->u;
-    }
-    s->gap++;
-    pos = (one >= ub || q >= s->numel) ? s->numel : s->after_pos + q * s->m + low;
-    if (pos >= s->numel) {
-        s->gap = s->nnz; /* a malformed index ends the tensor: no write outside it */
-        pos = s->numel;
-    }
-    s->next_pos = pos;
-    s->after_pos = pos + 1;
-}
+#endif
 
 static void rows_init(const psq_file *f, const psq_tensor *t, psq_rows *s)
 {
@@ -1702,7 +1702,6 @@ static void rows_init(const psq_file *f, const psq_tensor *t, psq_rows *s)
         s->m = t->golomb_m;
         s->ub = t->unary_bits;
         s->ecur = s->ub + t->nnz * s->w;
-        golomb_advance(s);
     }
 }
 
@@ -1789,56 +1788,39 @@ static void bitmask_f32(psq_rows *s, float *dst, uint64_t n, float scale)
 
 static void golomb_f32(psq_rows *s, float *dst, uint64_t n, float scale)
 {
-    const uint8_t *v = s->buf + s->values_off, *idx = s->buf + s->index_off;
-    const uint64_t i = s->elem, end = i + n, ilen = s->index_len, ub = s->ub, numel = s->numel, m = s->m;
-    const uint64_t wmask = ((uint64_t)1 << s->w) - 1u, u = s->u, w = s->w, nnz = s->nnz, vlen = s->values_len;
+    const uint8_t *v = s->buf + s->values_off;
+    const uint64_t i = s->elem, end = i + n, vlen = s->values_len;
     const uint32_t bits = s->bits;
-    uint64_t j, p = s->next_pos, ucur = s->ucur, ecur = s->ecur, gap = s->gap, after = s->after_pos, vk = s->vk;
+    uint64_t j, vk = s->vk;
     for (j = 0; j < n; j++) /* zeros first (a memset), then the nonzeros in place */
         dst[j] = 0.0f;
-    while (p < end) {
-        uint64_t lcur, wv, q, low;
+    for (;;) {
+        uint64_t p;
+        if (s->ipos >= s->npos) { /* the next batch of positions */
+            golomb_cursor c;
+            int bad;
+            c.ucur = s->ucur;
+            c.ecur = s->ecur;
+            c.gap = s->gap;
+            c.after = s->after_pos;
+            s->npos = golomb_batch(s->buf + s->index_off, s->index_len, s->ub, s->nnz, s->numel, s->m, s->w, s->u,
+                                   &c, s->pos, PSQ_GOLOMB_BATCH, &bad);
+            s->ipos = 0;
+            s->ucur = c.ucur;
+            s->ecur = c.ecur;
+            s->gap = bad ? s->nnz : c.gap; /* a malformed index ends the tensor */
+            s->after_pos = c.after;
+            if (s->npos == 0)
+                break;
+        }
+        p = s->pos[s->ipos];
+        if (p >= end)
+            break;
         if (p >= i) /* positions increase; a tampered state cannot write outside dst */
             dst[p - i] = (float)level_at(v, vlen, vk, bits) * scale;
         vk++;
-        lcur = ub + gap * w;
-        /* fast path: the next unary one, the low field and the extra bit all lie in full 8-byte
-         * windows of the index; otherwise (the last bytes, long runs, a malformed index) the
-         * general step, which checks everything */
-        if (gap >= nnz || (ucur >> 3) + 8 > ilen || (lcur >> 3) + 8 > ilen || (ecur >> 3) >= ilen ||
-            (wv = rd64(idx + (ucur >> 3)) >> (ucur & 7u)) == 0) {
-            s->ucur = ucur;
-            s->ecur = ecur;
-            s->gap = gap;
-            s->after_pos = after;
-            golomb_advance(s);
-            p = s->next_pos;
-            ucur = s->ucur;
-            ecur = s->ecur;
-            gap = s->gap;
-            after = s->after_pos;
-            continue;
-        }
-        q = ctz64(wv);
-        ucur += q + 1;
-        low = (rd64(idx + (lcur >> 3)) >> (lcur & 7u)) & wmask;
-        if (low >= u) {
-            low = ((low << 1) | ((uint64_t)(idx[ecur >> 3] >> (ecur & 7u)) & 1u)) - u;
-            ecur++;
-        }
-        gap++;
-        p = after + q * m + low; /* q < 57, m <= 2^28: no overflow */
-        if (ucur > ub || p >= numel) {
-            gap = nnz; /* a malformed index ends the tensor */
-            p = numel;
-        }
-        after = p + 1;
+        s->ipos++;
     }
-    s->next_pos = p;
-    s->ucur = ucur;
-    s->ecur = ecur;
-    s->gap = gap;
-    s->after_pos = after;
     s->vk = vk;
 }
 

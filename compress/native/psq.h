@@ -42,6 +42,9 @@ extern "C" {
 #define PSQ_MAX_RANK 6
 #define PSQ_MAX_TENSOR_NUMEL ((uint64_t)1 << 28) /* per tensor, fixed by the spec */
 #define PSQ_DEFAULT_MAX_NUMEL ((uint64_t)1 << 28) /* default cap on the summed numel */
+#ifndef PSQ_GOLOMB_BATCH
+#define PSQ_GOLOMB_BATCH 64 /* Golomb positions decoded at a time (psq_rows holds them) */
+#endif
 
 /* kind, encoding and dtype codes (FORMAT.md, "Tensor record") */
 enum { PSQ_RAW = 0, PSQ_QUANT = 1 };
@@ -107,7 +110,7 @@ typedef struct {
     uint32_t data_crc;
 } psq_tensor;
 
-/* Streaming state (caller-owned, a few hundred bytes; no other scratch). */
+/* Streaming state (caller-owned, 456 bytes on a 64-bit target; no other scratch). */
 typedef struct {
     const uint8_t *buf;
     uint64_t data_off, scales_off, index_off, values_off, index_len, values_len;
@@ -115,10 +118,11 @@ typedef struct {
     uint64_t elem;           /* next element (flat index) */
     uint64_t vk;             /* next stored value field */
     uint64_t ucur, ub, ecur, gap; /* Golomb cursors: unary bit, unary length, extra bit, gap number */
-    uint64_t next_pos;       /* Golomb: position of the next nonzero, or numel */
     uint64_t after_pos;      /* Golomb: the last decoded position + 1 (0 at the start) */
     uint32_t m, w, u;        /* Golomb parameter, low-field width, truncated-binary cutoff */
     uint32_t kind, dtype, store, bits, encoding, scale_count;
+    uint32_t npos, ipos;     /* Golomb: decoded positions pos[ipos..npos) not yet written */
+    uint32_t pos[PSQ_GOLOMB_BATCH];
 } psq_rows;
 
 /* CRC-32 (zlib's): crc = psq_crc32(0, p, n); chains as zlib's crc32() does. */
