@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent(
     from compress import GradualSparsifier, QuantizationRegularizer
 
     out = sys.argv[1]
+    form = sys.argv[2] if len(sys.argv) > 2 else "noise"  # "weights": no noise, the prox form, final weights
 
     class Tiny(pl.LightningModule):
         def __init__(self):
@@ -54,6 +55,11 @@ SCRIPT = textwrap.dedent(
             torch.save({"masks": sp.state_dict()["masks"], "scales": qr.state_dict()["scales"]},
                        os.path.join(out, f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt"))
 
+    class DumpWeights(pl.Callback):
+        def on_fit_end(self, trainer, pl_module):
+            torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+                       os.path.join(out, f"rank{trainer.global_rank}_weights.pt"))
+
     pl.seed_everything(0)
     g = torch.Generator().manual_seed(0)
     ds = torch.utils.data.TensorDataset(torch.randn(32, 5, 6, generator=g), torch.randn(32, 5, 3, generator=g))
@@ -61,7 +67,10 @@ SCRIPT = textwrap.dedent(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[RankNoise(), GradualSparsifier(final_sparsity=0.5),
-                   QuantizationRegularizer(bits=4, snap_on_fit_end=False), Dump()],
+                   QuantizationRegularizer(bits=4, snap_on_fit_end=False), Dump()] if form == "noise" else
+                  [pl.Callback(), GradualSparsifier(final_sparsity=0.5),
+                   QuantizationRegularizer(bits=4, mode="prox", start_epoch=0.0, snap_on_fit_end=False),
+                   Dump(), DumpWeights()],
     )
     trainer.fit(Tiny(), torch.utils.data.DataLoader(ds, batch_size=4))
     """
@@ -85,3 +94,21 @@ def test_two_ranks_hold_identical_masks_and_scales(tmp_path):
             assert torch.equal(r0["masks"][n], r1["masks"][n]), (epoch, n)
             assert torch.equal(r0["scales"][n], r1["scales"][n]), (epoch, n)
     assert (~r0["masks"]["lstm.weight_hh_l0"]).float().mean() == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.ddp
+def test_two_ranks_end_with_identical_weights_under_the_prox_form(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), "weights"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0, w1 = torch.load(tmp_path / "rank0_weights.pt"), torch.load(tmp_path / "rank1_weights.pt")
+    assert w0.keys() == w1.keys()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    r0 = torch.load(tmp_path / "rank0_epoch2.pt")
+    for n, s in r0["scales"].items():  # ended on the grid by the prox step alone (no fit-end snap)
+        from compress.quant import grid
+
+        assert torch.equal(w0[n], grid.snap(w0[n], s, 4)), n
