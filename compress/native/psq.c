@@ -1433,13 +1433,15 @@ static int check_levels(const uint8_t *buf, uint64_t at, uint64_t count, uint32_
     uint64_t vlen = values_len(count, bits), i, nz = 0;
     int32_t sign = (int32_t)1 << (bits - 1);
     if (bits == 8) {
-        for (i = 0; i < count; i += 64) { /* fast scan, then locate */
-            uint64_t j, e = i + 64 < count ? i + 64 : count;
-            unsigned bad = 0;
+        for (i = 0; i < count; i += 256) { /* fast scan (it vectorizes), then locate */
+            uint64_t j, e = i + 256 < count ? i + 256 : count;
+            unsigned bad = 0, zeros = 0;
             for (j = i; j < e; j++) {
-                bad |= (unsigned)(v[j] == 0x80u) | (unsigned)(sparse && v[j] == 0);
-                nz += (uint64_t)(v[j] != 0);
+                bad |= (unsigned)(v[j] == 0x80u);
+                zeros += (unsigned)(v[j] == 0);
             }
+            nz += (e - i) - zeros;
+            bad |= (unsigned)(sparse && zeros);
             if (bad)
                 for (j = i; j < e; j++)
                     if (v[j] == 0x80u || (sparse && v[j] == 0))
