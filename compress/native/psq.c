@@ -1395,6 +1395,12 @@ static int32_t level_at(const uint8_t *v, uint64_t vlen, uint64_t k, uint32_t bi
     uint32_t x, sign;
     if (bits == 8)
         return k < vlen ? lvl8(v[k]) : 0;
+    if (bits == 4) { /* nibbles: a field never straddles bytes */
+        if ((k >> 1) >= vlen)
+            return 0;
+        x = ((uint32_t)v[k >> 1] >> ((uint32_t)(k & 1u) << 2)) & 15u;
+        return (int32_t)x - (int32_t)((x & 8u) << 1);
+    }
     p = k * bits;
     b = p >> 3;
     if (b >= vlen)
@@ -1446,6 +1452,13 @@ static int check_levels(const uint8_t *buf, uint64_t at, uint64_t count, uint32_
                 for (j = i; j < e; j++)
                     if (v[j] == 0x80u || (sparse && v[j] == 0))
                         return fail(err, PSQ_E_VALUE, "values", at + j, lvl8(v[j]));
+        }
+    } else if (bits == 4) {
+        for (i = 0; i < count; i++) {
+            uint32_t x = ((uint32_t)v[i >> 1] >> ((uint32_t)(i & 1u) << 2)) & 15u;
+            if (x == 8u || (sparse && x == 0))
+                return fail(err, PSQ_E_VALUE, "values", at + (i >> 1), (int32_t)x - (int32_t)((x & 8u) << 1));
+            nz += (uint64_t)(x != 0);
         }
     } else {
         for (i = 0; i < count; i++) {
