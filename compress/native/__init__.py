@@ -76,8 +76,8 @@ class PsqRows(ctypes.Structure):
                                                   "values_len", "numel", "nnz", "rows", "row", "row_elems", "elem",
                                                   "vk", "ucur", "ub", "ecur", "gap", "after_pos")]
                 + [(n, ctypes.c_uint32) for n in ("m", "w", "u", "kind", "dtype", "store", "bits", "encoding",
-                                                  "scale_count", "npos", "ipos")]
-                + [("pos", ctypes.c_uint32 * 64)])  # PSQ_GOLOMB_BATCH
+                                                  "scale_count", "npos", "ipos", "bad_index")]
+                + [("bad_level", ctypes.c_uint64), ("pos", ctypes.c_uint32 * 64)])  # PSQ_GOLOMB_BATCH
 
 
 _P = ctypes.POINTER

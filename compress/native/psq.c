@@ -1609,12 +1609,12 @@ static int check_golomb(const uint8_t *buf, const psq_tensor *t, uint64_t at, ps
     return check_pad_bits(buf, at, c.ecur, t->index_len, "index", err);
 }
 
-static int check_tensor(const psq_file *f, const psq_tensor *t, psq_error *err)
+/* The CRC, then a RAW tensor's values or a QUANT tensor's scales. */
+static int check_head(const psq_file *f, const psq_tensor *t, psq_error *err)
 {
     const uint8_t *buf = f->buf;
-    uint64_t at = t->data_off, idx_at, val_at, i, nz;
+    uint64_t at = t->data_off, i;
     uint32_t qmax;
-    int rc;
     if (psq_crc32(0, buf + at, (size_t)t->data_len) != t->data_crc)
         return fail(err, PSQ_E_CHECKSUM, "data_crc", at, 0);
     if (t->kind == PSQ_RAW)
@@ -1625,6 +1625,16 @@ static int check_tensor(const psq_file *f, const psq_tensor *t, psq_error *err)
         if (!(p > 0.0 && p <= FLT_MAX_D)) /* also false for NaN */
             return fail(err, PSQ_E_SCALE, "scales", at + 4 * i, 0);
     }
+    return PSQ_OK;
+}
+
+static int check_tensor(const psq_file *f, const psq_tensor *t, psq_error *err)
+{
+    const uint8_t *buf = f->buf;
+    uint64_t at = t->data_off, idx_at, val_at, i, nz;
+    int rc = check_head(f, t, err);
+    if (rc || t->kind == PSQ_RAW)
+        return rc;
     idx_at = at + 4u * (uint64_t)t->scale_count;
     val_at = idx_at + t->index_len;
     if (t->encoding == PSQ_DENSE) {
@@ -1695,6 +1705,7 @@ int psq_validate(const psq_file *f, psq_error *err)
 static void rows_init(const psq_file *f, const psq_tensor *t, psq_rows *s)
 {
     memset(s, 0, sizeof *s);
+    s->bad_level = UINT64_MAX;
     s->buf = f->buf;
     s->kind = t->kind;
     s->dtype = t->dtype;
@@ -1806,6 +1817,7 @@ static void golomb_f32(psq_rows *s, float *dst, uint64_t n, float scale)
     const uint8_t *v = s->buf + s->values_off;
     const uint64_t i = s->elem, end = i + n, vlen = s->values_len;
     const uint32_t bits = s->bits;
+    const int32_t sign = -((int32_t)1 << (bits - 1));
     uint64_t j, vk = s->vk;
     for (j = 0; j < n; j++) /* zeros first (a memset), then the nonzeros in place */
         dst[j] = 0.0f;
@@ -1824,6 +1836,7 @@ static void golomb_f32(psq_rows *s, float *dst, uint64_t n, float scale)
             s->ucur = c.ucur;
             s->ecur = c.ecur;
             s->gap = bad ? s->nnz : c.gap; /* a malformed index ends the tensor */
+            s->bad_index |= (uint32_t)bad;
             s->after_pos = c.after;
             if (s->npos == 0)
                 break;
@@ -1831,8 +1844,12 @@ static void golomb_f32(psq_rows *s, float *dst, uint64_t n, float scale)
         p = s->pos[s->ipos];
         if (p >= end)
             break;
-        if (p >= i) /* positions increase; a tampered state cannot write outside dst */
-            dst[p - i] = (float)level_at(v, vlen, vk, bits) * scale;
+        if (p >= i) { /* positions increase; a tampered state cannot write outside dst */
+            int32_t q = level_at(v, vlen, vk, bits);
+            if ((q == 0 || q == sign) && vk < s->bad_level)
+                s->bad_level = vk; /* checked here for psq_decode_tensor's single pass */
+            dst[p - i] = (float)q * scale;
+        }
         vk++;
         s->ipos++;
     }
@@ -1929,12 +1946,13 @@ int psq_decode_tensor(const psq_file *f, const psq_tensor *t, void *out, size_t 
     psq_tensor local;
     psq_rows s;
     unsigned char *o = (unsigned char *)out;
-    int rc = own_record(f, t, &local, err);
+    int fused, rc = own_record(f, t, &local, err);
     if (rc)
         return rc;
     if (out_size < psq_out_size(&local) || (out == NULL && psq_out_size(&local)))
         return fail(err, PSQ_E_ARGUMENT, "out", 0, (int64_t)psq_out_size(&local));
-    rc = check_tensor(f, &local, err);
+    fused = local.kind == PSQ_QUANT && local.encoding == PSQ_GOLOMB; /* one pass: checks while decoding */
+    rc = fused ? check_head(f, &local, err) : check_tensor(f, &local, err);
     if (rc)
         return rc;
     rows_init(f, &local, &s);
@@ -1946,6 +1964,20 @@ int psq_decode_tensor(const psq_file *f, const psq_tensor *t, void *out, size_t 
         uint64_t r, size = psq_dtype_size(local.dtype);
         for (r = 0; r < s.rows; r++)
             quant_span(&s, o + r * s.row_elems * size, s.row_elems, scale_of(&s, r));
+    }
+    if (fused) { /* what check_golomb and check_levels would have said, in their order */
+        uint64_t idx_at = s.index_off, val_at = s.values_off;
+        if (s.bad_index || s.gap != local.nnz)
+            return fail(err, PSQ_E_INDEX, "index", idx_at, (int64_t)s.gap);
+        if (s.ucur != s.ub)
+            return fail(err, PSQ_E_INDEX, "index", idx_at, (int64_t)(s.ub - s.ucur));
+        rc = check_pad_bits(f->buf, idx_at, s.ecur, s.index_len, "index", err);
+        if (rc)
+            return rc;
+        if (s.bad_level != UINT64_MAX)
+            return fail(err, PSQ_E_VALUE, "values", val_at + (s.bad_level * local.bits >> 3),
+                        level_at(f->buf + val_at, s.values_len, s.bad_level, local.bits));
+        return check_pad_bits(f->buf, val_at, local.nnz * local.bits, s.values_len, "values", err);
     }
     return PSQ_OK;
 }

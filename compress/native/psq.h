@@ -110,7 +110,7 @@ typedef struct {
     uint32_t data_crc;
 } psq_tensor;
 
-/* Streaming state (caller-owned, 456 bytes on a 64-bit target; no other scratch). */
+/* Streaming state (caller-owned, 464 bytes on a 64-bit target; no other scratch). */
 typedef struct {
     const uint8_t *buf;
     uint64_t data_off, scales_off, index_off, values_off, index_len, values_len;
@@ -122,6 +122,8 @@ typedef struct {
     uint32_t m, w, u;        /* Golomb parameter, low-field width, truncated-binary cutoff */
     uint32_t kind, dtype, store, bits, encoding, scale_count;
     uint32_t npos, ipos;     /* Golomb: decoded positions pos[ipos..npos) not yet written */
+    uint32_t bad_index;      /* Golomb: 1 once the index was found malformed (decoding stopped) */
+    uint64_t bad_level;      /* Golomb: the first stored level found invalid, or UINT64_MAX */
     uint32_t pos[PSQ_GOLOMB_BATCH];
 } psq_rows;
 
