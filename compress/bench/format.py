@@ -122,33 +122,44 @@ def load_times(tmp: str, reps: int, bits: int, sparsity: float) -> dict:
     from compress import native
 
     pt, psq, summary, params = bench_files(tmp, bits, sparsity)
-    fns = {"pt": lambda: torch.load(pt, weights_only=True), "py": lambda: compress.load(psq, native=False)}
+    def torch_load():
+        return torch.load(pt, weights_only=True)
+
+    alts = {"py": lambda: compress.load(psq, native=False)}
     if native.available():
-        fns["c"] = lambda: compress.load(psq, native=True)
-    for _ in range(WARMUP):  # untimed: first calls pay imports, the C build and lazy initialisation
-        for fn in fns.values():
-            fn()
-    wall, cpu, faults = ({k: [] for k in fns} for _ in range(3))
-    for _ in range(reps):  # interleaved, so drift in machine load hits all alike
-        for key, fn in fns.items():
-            f0, t0, c0 = minor_faults(), time.perf_counter(), time.process_time()
-            fn()
-            wall[key].append(time.perf_counter() - t0)
-            cpu[key].append(time.process_time() - c0)
-            faults[key].append(minor_faults() - f0)
+        alts["c"] = lambda: compress.load(psq, native=True)
+    # Each loader is timed in its own interleaved pairing with torch.load: three loaders in one
+    # rotation churn malloc's free lists, so that each call faults in fresh pages.
+    wall, cpu, faults = {}, {}, {}
+    for alt, fn in alts.items():
+        pair = {f"pt-{alt}": torch_load, alt: fn}
+        for _ in range(WARMUP):  # untimed: first calls pay imports, the C build and lazy initialisation
+            for f in pair.values():
+                f()
+        for key in pair:
+            wall[key], cpu[key], faults[key] = [], [], []
+        for _ in range(reps):  # interleaved, so drift in machine load hits both alike
+            for key, f in pair.items():
+                f0, t0, c0 = minor_faults(), time.perf_counter(), time.process_time()
+                f()
+                wall[key].append(time.perf_counter() - t0)
+                cpu[key].append(time.process_time() - c0)
+                faults[key].append(minor_faults() - f0)
+    main = "c" if "c" in alts else "py"  # what compress.load uses by default
     med = {k: statistics.median(v) for k, v in wall.items()}
     cmed = {k: statistics.median(v) for k, v in cpu.items()}
-    main = "c" if "c" in fns else "py"  # what compress.load uses by default
-    out = {"params": params, "bits": bits, "sparsity": sparsity, "native": "c" in fns,
-           "torch_load_s": med["pt"], "compress_load_s": med[main], "ratio": med[main] / med["pt"],
-           "min_ratio": min(wall[main]) / min(wall["pt"]), "torch_load_cpu_s": cmed["pt"],
-           "compress_load_cpu_s": cmed[main], "cpu_ratio": cmed[main] / cmed["pt"],
-           "python_load_s": med["py"], "python_ratio": med["py"] / med["pt"],
-           "torch_load_faults": statistics.median(faults["pt"]), "compress_load_faults": statistics.median(faults[main]),
+    pt_main = f"pt-{main}"
+    out = {"params": params, "bits": bits, "sparsity": sparsity, "native": "c" in alts,
+           "torch_load_s": med[pt_main], "compress_load_s": med[main], "ratio": med[main] / med[pt_main],
+           "min_ratio": min(wall[main]) / min(wall[pt_main]), "torch_load_cpu_s": cmed[pt_main],
+           "compress_load_cpu_s": cmed[main], "cpu_ratio": cmed[main] / cmed[pt_main],
+           "python_load_s": med["py"], "python_ratio": med["py"] / med["pt-py"],
+           "python_torch_load_s": med["pt-py"],
+           "torch_load_faults": statistics.median(faults[pt_main]), "compress_load_faults": statistics.median(faults[main]),
            "python_load_faults": statistics.median(faults["py"]), "pt_bytes": os.path.getsize(pt),
            "psq_bytes": summary.file_bytes}
-    if "c" in fns:
-        out.update(c_load_s=med["c"], c_ratio=med["c"] / med["pt"], c_vs_python=med["c"] / med["py"])
+    if "c" in alts:
+        out.update(c_load_s=med["c"], c_ratio=med["c"] / med["pt-c"], c_vs_python=med["c"] / med["py"])
     return out
 
 
@@ -208,14 +219,15 @@ def run(args=None) -> dict:
         print(f"{r['bits']:>4} {r['density']:>7} {r['scales']:<8} {r['encoding']:<8} {r['bpw']:>7.4f} "
               f"{r['bound']:>7.4f} {r['ratio']:>6.4f}{flag}")
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"== format: load time, torch threads = {torch.get_num_threads()}, median of {reps} interleaved runs "
+    print(f"== format: load time, torch threads = {torch.get_num_threads()}, median of {reps} runs interleaved with torch.load "
           f"(1-min load average {load_avg:.1f} on {os.cpu_count()} CPUs)")
     for r in loads:
         print(f"{r['params']} params, {r['bits']} bits, sparsity {r['sparsity']}: torch.load(fp32 {r['pt_bytes']} B) "
               f"{r['torch_load_s'] * 1e3:.2f} ms; compress.load({r['psq_bytes']} B) "
               + (f"C path {r['c_load_s'] * 1e3:.2f} ms, ratio {r['c_ratio']:.2f}x (target <= 1.0x"
                  f"{'' if r['bits'] != 8 or r['c_ratio'] <= 1.0 else ': MISS'}); " if r["native"] else "C path unavailable; ")
-              + f"pure-Python path {r['python_load_s'] * 1e3:.2f} ms, ratio {r['python_ratio']:.2f}x")
+              + f"pure-Python path {r['python_load_s'] * 1e3:.2f} ms, ratio {r['python_ratio']:.2f}x "
+              f"(against torch.load {r['python_torch_load_s'] * 1e3:.2f} ms in its own pairing)")
         print(f"    compress.load (default path): fastest-run ratio {r['min_ratio']:.2f}x; CPU time "
               f"{r['torch_load_cpu_s'] * 1e3:.2f} vs {r['compress_load_cpu_s'] * 1e3:.2f} ms, ratio {r['cpu_ratio']:.2f}x; "
               f"page faults per call {r['torch_load_faults']:.0f} vs {r['compress_load_faults']:.0f} "
