@@ -100,6 +100,18 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def malloc_warmup() -> None:
+    """Allocate, touch and free one 30 MB buffer, as any longer-running process has done.
+
+    glibc serves large blocks with mmap and returns freed heap tops to the OS until a freed
+    mmap block raises its thresholds; before that, every load faults in fresh pages (microseconds
+    per 4 KiB) and the ratio measures the allocator's state rather than the loaders. The page
+    faults per call are printed, so any remaining effect shows."""
+    buf = torch.empty(30 << 20, dtype=torch.uint8)
+    buf.fill_(0)
+    del buf
+
+
 def bench_files(tmp: str, bits: int, sparsity: float) -> tuple:
     """The ASR model's fp32 state dict (``torch.save``) and its packed file at ``bits``/``sparsity``."""
     from compress.export import pack
@@ -209,6 +221,7 @@ def run(args=None) -> dict:
     gen = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         sizes = size_table(tmp, gen)
+        malloc_warmup()
         loads = [load_times(tmp, reps, 8, 0.5), load_times(tmp, reps, 4, 0.9)]
         c_rates = [c_throughput(tmp, 8, 0.5), c_throughput(tmp, 4, 0.9)]
         ref_wps = reference_throughput(tmp, gen)
@@ -224,8 +237,9 @@ def run(args=None) -> dict:
     for r in loads:
         print(f"{r['params']} params, {r['bits']} bits, sparsity {r['sparsity']}: torch.load(fp32 {r['pt_bytes']} B) "
               f"{r['torch_load_s'] * 1e3:.2f} ms; compress.load({r['psq_bytes']} B) "
-              + (f"C path {r['c_load_s'] * 1e3:.2f} ms, ratio {r['c_ratio']:.2f}x (target <= 1.0x"
-                 f"{'' if r['bits'] != 8 or r['c_ratio'] <= 1.0 else ': MISS'}); " if r["native"] else "C path unavailable; ")
+              + (f"C path {r['c_load_s'] * 1e3:.2f} ms, ratio {r['c_ratio']:.2f}x"
+                 + ("" if r["bits"] != 8 else f" (target <= 1.0x{'' if r['c_ratio'] <= 1.0 else ': MISS'})")
+                 + "; " if r["native"] else "C path unavailable; ")
               + f"pure-Python path {r['python_load_s'] * 1e3:.2f} ms, ratio {r['python_ratio']:.2f}x "
               f"(against torch.load {r['python_torch_load_s'] * 1e3:.2f} ms in its own pairing)")
         print(f"    compress.load (default path): fastest-run ratio {r['min_ratio']:.2f}x; CPU time "
@@ -237,10 +251,9 @@ def run(args=None) -> dict:
         if r is None:
             print("C decoder unavailable (no C compiler)")
             continue
-        flag = "" if r["bits"] != 8 or r["decode_weights_per_s"] >= 1e9 else "  MISS"
+        target = "" if r["bits"] != 8 else "; target >= 1 G/s" + ("" if r["decode_weights_per_s"] >= 1e9 else ": MISS")
         print(f"{r['weights']} weights, {r['bits']} bits, sparsity {r['sparsity']}: whole tensors "
-              f"{r['decode_weights_per_s'] / 1e9:.2f} G weights/s ({r['decode_s'] * 1e3:.2f} ms; target >= 1 G/s at 8 bits"
-              f"{flag}), streaming rows {r['rows_weights_per_s'] / 1e9:.2f} G weights/s ({r['rows_s'] * 1e3:.2f} ms); "
+              f"{r['decode_weights_per_s'] / 1e9:.2f} G weights/s ({r['decode_s'] * 1e3:.2f} ms{target}), streaming rows {r['rows_weights_per_s'] / 1e9:.2f} G weights/s ({r['rows_s'] * 1e3:.2f} ms); "
               f"of which validation alone {r['validate_s'] * 1e3:.2f} ms")
     print(f"== format: reference decoder {ref_wps:,.0f} weights/s (pure Python, for information)")
     return {"sizes": sizes, "load": loads, "c_decoder": c_rates, "reference_weights_per_s": ref_wps,

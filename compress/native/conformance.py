@@ -95,7 +95,7 @@ def valid_files() -> list:
         for bits in BITS:
             for gran in ("tensor", "channel"):
                 sd, b, sc = {}, {}, {}
-                for j, dt in enumerate(QUANT_DTYPES):
+                for dt in QUANT_DTYPES:
                     shape = (6, 40) if enc != "golomb" else (8, 96)
                     q = _levels(gen, shape, density, bits)
                     s = (torch.rand(shape[0] if gran == "channel" else (), generator=gen) * 0.09 + 0.01)
