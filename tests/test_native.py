@@ -113,6 +113,9 @@ def test_object_needs_no_allocator_and_no_io(tmp_path, variant):
     assert not undefined & {"malloc", "calloc", "realloc", "free", "aligned_alloc", "posix_memalign"}, undefined
     # only the string functions and compiler helpers: no stdio, no exit, no errno
     assert undefined <= {"memcpy", "memset", "memcmp", "memmove", "__popcountdi2"}, undefined
+    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout.split("\n")
+    writable = [line for line in symbols if len(line.split()) == 3 and line.split()[1] in "bBdDcC"]
+    assert not writable, writable  # no static mutable state: nothing in .data or .bss
 
 
 def test_header_is_self_contained(tmp_path):
