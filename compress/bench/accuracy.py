@@ -147,8 +147,14 @@ def work(spec: dict) -> dict:
     # The composed recipe too, not only its name: an edited recipe file must retrain.
     resolved = OmegaConf.to_container(cfg, resolve=True)
     settings["config"] = {k: resolved[k] for k in ("model", "compression", "trainer", "seed")}
+    if spec.get("rows_of"):  # more rows of another training's checkpoint: nothing to train here
+        ckpt, meta_path = Path(spec["rows_of"]) / "model.ckpt", Path(spec["rows_of"]) / "train.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if spec.get("reuse") and ckpt.is_file() and meta.get("settings") == settings:
+    if spec.get("rows_of"):
+        if not ckpt.is_file() or meta.get("settings") != settings:
+            raise ValueError(f"rows_of: {spec['rows_of']} holds no checkpoint trained with this spec's settings")
+        print(f"rows of {ckpt}", flush=True)
+    elif spec.get("reuse") and ckpt.is_file() and meta.get("settings") == settings:
         print(f"reusing {ckpt}", flush=True)
     else:
         model = _instantiate(cfg.model, "model")

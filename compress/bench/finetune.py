@@ -47,7 +47,6 @@ SPLITS = ("test_voices", "test_sentences")
 # Variants of ours at 75% + 4 bits, chosen on valid (name -> recipe, extra overrides).
 QREG = "compression.quantization_regularizer"
 VARIANTS = {
-    "prox_start0.25": ("sparse75_qreg4", [f"{QREG}.start_epoch=0.25"]),
     "hard_every50": ("sparse75_qreg4", [f"{QREG}.mode=hard", f"++{QREG}.hard_every=50"]),
     "grad_late": ("sparse75_qreg4_grad", []),
 }
@@ -124,13 +123,16 @@ def plan(base: list[str], seeds: int, epochs: int, groups: list[str], runs: Path
     for s in hard_seeds:
         rows = [_row("fp32", "fp32", seed=s, group="fp32"), _row("ptq4", "ptq", 4, seed=s, group="hard"),
                 _row("oneshot75_ptq4", "oneshot", 4, 0.75, s, "hard")]
-        if s == 0:
-            rows += [_row(f"ptq{b}", "ptq", b, 0.0, 0, "bits") for b in (5, 6)]
-            rows += [_row(f"oneshot75_ptq{b}", "oneshot", b, 0.75, 0, "bits") for b in (5, 6)]
-            rows += [_row("ptq8", "ptq", 8, 0.0, 0, "easy"), _row("oneshot50_ptq8", "oneshot", 8, 0.5, 0, "easy")]
         name = "fp32" if s == 0 else f"fp32_s{s}"
         jobs.append({"name": name, "compression": "none", "pruning": None, "overrides": base + seed_overrides(s),
                      "rows": rows, "dir": str(runs / name)})
+    # The other PTQ rows of seed 0, evaluated in a job of their own so that the
+    # fine-tunings need not wait for them.
+    more = [_row(f"ptq{b}", "ptq", b, 0.0, 0, "bits") for b in (5, 6)]
+    more += [_row(f"oneshot75_ptq{b}", "oneshot", b, 0.75, 0, "bits") for b in (5, 6)]
+    more += [_row("ptq8", "ptq", 8, 0.0, 0, "easy"), _row("oneshot50_ptq8", "oneshot", 8, 0.5, 0, "easy")]
+    rows_job = {"name": "fp32_rows", "compression": "none", "pruning": None, "overrides": base, "rows": more,
+                "rows_of": str(runs / "fp32"), "needs": "fp32", "dir": str(runs / "fp32_rows")}
 
     def finetune(key, compression, rows, seed=0, pruning=None, extra=()):
         name = f"ft_{key}" + (f"_s{seed}" if seed else "")
@@ -146,34 +148,50 @@ def plan(base: list[str], seeds: int, epochs: int, groups: list[str], runs: Path
     def hard(s):
         finetune("sparse75_qreg4", "sparse75_qreg4", [_row("sparse75_qreg4", "ours", 4, 0.75, s, "hard")], s)
         finetune("sparse75_fq4", "sparse75_fq4", [_row("sparse75_fq4", "fakequant", 4, 0.75, s, "hard")], s)
+        # The best baseline from scratch (bench/accuracy.md) on every seed; the sparsifier
+        # alone + PTQ (the ablation of the regularizer) on the first.
         finetune("lightning75_ptq4", "none", [_row("lightning75_ptq4", "lightning", 4, 0.75, s, "hard")], s,
                  pruning(0.75))
-        finetune("sparse75_ptq4", "sparse75", [_row("sparse75_ptq4", "sparse", 4, 0.75, s, "hard")], s)
+        if s == 0:
+            finetune("sparse75_ptq4", "sparse75", [_row("sparse75_ptq4", "sparse", 4, 0.75, s, "hard")], s)
+
+    def easy(part):
+        if part == 0:  # the ablation: where a gain over fp32 comes from
+            finetune("sparse50_qreg8", "sparse50_qreg8", [_row("sparse50_qreg8", "ours", 8, 0.5, 0, "easy")])
+            finetune("sparse50_ptq8", "sparse50", [_row("sparse50_ptq8", "sparse", 8, 0.5, 0, "easy")])
+            finetune("qreg8", "qreg8", [_row("qreg8", "ours", 8, 0.0, 0, "easy")])
+            finetune("fp32_ft", "none", [_row("fp32_ft", "fp32", None, 0.0, 0, "easy")])
+        else:
+            finetune("sparse50_fq8", "sparse50_fq8", [_row("sparse50_fq8", "fakequant", 8, 0.5, 0, "easy")])
+            # the other form at 8 bits, for the choice of the default form per bit width
+            finetune("sparse50_qreg8_prox", "sparse50_qreg8",
+                     [_row("sparse50_qreg8_prox", "ours", 8, 0.5, 0, "easy")], extra=[f"++{QREG}.mode=prox"])
+            finetune("lightning50_ptq8", "none", [_row("lightning50_ptq8", "lightning", 8, 0.5, 0, "easy")], 0,
+                     pruning(0.5))
 
     # Order is priority: seed 0 of the hard setting and the variants first (the choice of
-    # the default is made on them), then the other seeds, then bit widths and ablation.
+    # the default is made on them), then the second seed, the ablation, the bit widths,
+    # the other seeds and the rest.
     if "hard" in groups:
         hard(0)
     if "variants" in groups:
         for v, (recipe, extra) in VARIANTS.items():
             finetune(f"v_{v}", recipe, [_row(f"v_{v}", "ours", 4, 0.75, 0, "variants")], extra=extra)
     if "hard" in groups:
-        for s in hard_seeds[1:]:
+        for s in hard_seeds[1:2]:
             hard(s)
+    if "easy" in groups:
+        easy(0)
+    if "bits" in groups or "easy" in groups:
+        jobs.append(rows_job)
     if "bits" in groups:
         for b in (5, 6):
             finetune(f"sparse75_qreg{b}", f"sparse75_qreg{b}", [_row(f"sparse75_qreg{b}", "ours", b, 0.75, 0, "bits")])
+    if "hard" in groups:
+        for s in hard_seeds[2:]:
+            hard(s)
     if "easy" in groups:
-        finetune("fp32_ft", "none", [_row("fp32_ft", "fp32", None, 0.0, 0, "easy")])
-        finetune("lightning50_ptq8", "none", [_row("lightning50_ptq8", "lightning", 8, 0.5, 0, "easy")], 0,
-                 pruning(0.5))
-        finetune("sparse50_ptq8", "sparse50", [_row("sparse50_ptq8", "sparse", 8, 0.5, 0, "easy")])
-        finetune("qreg8", "qreg8", [_row("qreg8", "ours", 8, 0.0, 0, "easy")])
-        finetune("sparse50_fq8", "sparse50_fq8", [_row("sparse50_fq8", "fakequant", 8, 0.5, 0, "easy")])
-        finetune("sparse50_qreg8", "sparse50_qreg8", [_row("sparse50_qreg8", "ours", 8, 0.5, 0, "easy")])
-        # the other form at 8 bits, for the choice of the default form per bit width
-        finetune("sparse50_qreg8_prox", "sparse50_qreg8", [_row("sparse50_qreg8_prox", "ours", 8, 0.5, 0, "easy")],
-                 extra=[f"++{QREG}.mode=prox"])
+        easy(1)
     return jobs
 
 
