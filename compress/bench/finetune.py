@@ -170,15 +170,15 @@ def plan(base: list[str], seeds: int, epochs: int, groups: list[str], runs: Path
                      pruning(0.5))
 
     # Order is priority: seed 0 of the hard setting and the variants first (the choice of
-    # the default is made on them), then the second seed, the ablation, the bit widths,
-    # the other seeds and the rest.
+    # the default is made on them), then the other seeds, the ablation, the bit widths
+    # and the rest.
     if "hard" in groups:
         hard(0)
     if "variants" in groups:
         for v, (recipe, extra) in VARIANTS.items():
             finetune(f"v_{v}", recipe, [_row(f"v_{v}", "ours", 4, 0.75, 0, "variants")], extra=extra)
-    if "hard" in groups:
-        for s in hard_seeds[1:2]:
+    if "hard" in groups:  # a seed's fine-tunings start as soon as its base is ready, before what follows
+        for s in hard_seeds[1:]:
             hard(s)
     if "easy" in groups:
         easy(0)
@@ -187,9 +187,6 @@ def plan(base: list[str], seeds: int, epochs: int, groups: list[str], runs: Path
     if "bits" in groups:
         for b in (5, 6):
             finetune(f"sparse75_qreg{b}", f"sparse75_qreg{b}", [_row(f"sparse75_qreg{b}", "ours", b, 0.75, 0, "bits")])
-    if "hard" in groups:
-        for s in hard_seeds[2:]:
-            hard(s)
     if "easy" in groups:
         easy(1)
     return jobs
