@@ -40,3 +40,20 @@ def test_overhead_section_runs_and_writes_its_report(tmp_path):
     assert figures  # the section's own figures, whatever their values on this machine
     report = (tmp_path / "results.md").read_text()
     assert "overhead" in report
+    # a later run of one section keeps the other sections' blocks (with their own command)
+    kept = "## format (3 s)\n\n- command: `earlier`\n\n```\n## not a heading\nfigures\n```\n"
+    (tmp_path / "results.md").write_text(report + "\n" + kept)
+    r = _bench("overhead", "--repeats", "1", "--epochs", "2", "--steps", "2", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    merged = (tmp_path / "results.md").read_text()
+    assert merged.count("## overhead (") == 1 and kept.rstrip() in merged
+    assert merged.index("## overhead (") < merged.index("## format (")
+
+
+def test_split_sections_ignores_headings_inside_code():
+    from compress.bench.__main__ import split_sections
+
+    text = "# B\n\n## overhead (1 s)\n\nx\n\n## accuracy (2 s)\n\n```\n## format (9 s)\n```\n"
+    blocks = split_sections(text)
+    assert list(blocks) == ["overhead", "accuracy"]
+    assert "## format (9 s)" in blocks["accuracy"]

@@ -65,15 +65,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     print(f"threads: torch.set_num_threads({args.threads}) -> {torch.get_num_threads()}")
-    report = [
-        "# Benchmark results",
-        "",
-        f"- command: `python -m compress.bench {' '.join(argv if argv is not None else sys.argv[1:])}`",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, python {platform.python_version()}",
-        f"- threads: torch.set_num_threads({args.threads})",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-    ]
+    command = f"python -m compress.bench {' '.join(argv if argv is not None else sys.argv[1:])}"
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+               f"python {platform.python_version()}, torch.set_num_threads({args.threads})")
+    path = os.path.join(args.out, "results.md") if args.out else None
+    # Sections not run this time keep their block (with its own command and date) from
+    # the file: a run of one section never drops the figures of the others.
+    blocks = split_sections(open(path).read()) if path and os.path.isfile(path) else {}
     for name in args.sections or SECTIONS:
         print(f"== {name} ==")
         t0 = time.perf_counter()
@@ -81,11 +79,36 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
             result = _load(name).run(args)
         result.setdefault("threads", torch.get_num_threads())
-        report += ["", f"## {name} ({time.perf_counter() - t0:.0f} s)", "", "```", printed.getvalue().rstrip(), "```"]
+        blocks[name] = "\n".join([
+            f"## {name} ({time.perf_counter() - t0:.0f} s)", "",
+            f"- command: `{command}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine}", "",
+            "```", printed.getvalue().rstrip(), "```"])
         if args.out:
             _write_json(os.path.join(args.out, f"{name}.json"), result)
-            write_text(os.path.join(args.out, "results.md"), "\n".join(report) + "\n")
+            report = ["# Benchmark results", "",
+                      "Each section gives the command, date and machine of the run that produced it.", ""]
+            report += ["\n\n".join(blocks[n].rstrip("\n") for n in SECTIONS if n in blocks)]
+            write_text(path, "\n".join(report) + "\n")
     return 0
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """``{section: its block}`` of a results.md: from its ``## name (N s)`` line to the next one.
+
+    Lines inside code fences are never headings (a section's printed Markdown has its own).
+    """
+    blocks: dict[str, list[str]] = {}
+    current, fenced = None, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        head = line[3:].split(" (", 1)[0] if line.startswith("## ") and not fenced else None
+        if head in SECTIONS:
+            current = head
+            blocks[current] = []
+        if current is not None:
+            blocks[current].append(line)
+    return {k: "\n".join(v).rstrip() + "\n" for k, v in blocks.items()}
 
 
 class _Tee(io.TextIOBase):
