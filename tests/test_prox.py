@@ -136,7 +136,7 @@ def test_step_after_the_optimizer_is_the_closed_form_and_forward_untouched():
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("mode", ["prox", "hard"])
+@pytest.mark.parametrize("mode", ["prox", "hard", "relax"])
 def test_run_ends_on_the_grid_by_training_alone_with_masks_exact(opt, mode):
     pl.seed_everything(0)
     model = Tiny(opt)
@@ -251,3 +251,32 @@ def test_fake_quant_trains_and_masks_stay_zero():
         w = params[n].detach()
         assert torch.equal(w[~sp.masks[n]], torch.zeros_like(w[~sp.masks[n]]))
         assert math.isfinite(float(w.abs().sum()))
+
+
+def test_relax_steps_latent_weights_and_the_model_holds_their_relaxation():
+    pl.seed_everything(0)
+    model = Tiny()
+    cb = QuantizationRegularizer(bits=4, mode="relax", start_epoch=0.0, rho_min=0.05, snap_on_fit_end=False)
+
+    class Seen(pl.Callback):  # after the regularizer's batch end: the model's w and the latent z
+        def __init__(self):
+            self.w, self.z = [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.w.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+            self.z.append({n: t.latent.clone() for n, t in cb._t.items()})
+
+    seen = Seen()
+    fit(model, [cb, seen], max_epochs=1, limit_train_batches=3)
+    for i in range(2):
+        rho = rho_at((i + 1) / 3, 0.0, 0.05)
+        for n in TARGETS:
+            z, w = seen.z[i][n], seen.w[i][n]
+            s = grid.broadcast_scale(cb.scales[n], z)
+            expected = (1 - rho) * z + rho * torch.clamp(torch.round(z / s), -7, 7) * s
+            torch.testing.assert_close(w, expected, rtol=0, atol=1e-7)
+            assert not torch.equal(w, z)
+    for n in TARGETS:  # the last step: w = snap(z)
+        assert torch.equal(seen.w[2][n], grid.snap(seen.z[2][n], cb.scales[n], 4))
+    state = cb.state_dict()
+    assert set(state["latent"]) == set(TARGETS) and state["mode"] == "relax"

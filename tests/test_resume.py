@@ -53,7 +53,8 @@ class SeeRestored(pl.Callback):
 
 # The gradient form, and the decoupled forms interrupted mid-anneal (the pull starts at 20%
 # of the run; the interruption comes after 2 of 5 epochs).
-FORMS = [dict(weight=0.5), dict(mode="prox", start_epoch=0.2), dict(mode="hard", start_epoch=0.2, hard_every=3)]
+FORMS = [dict(weight=0.5), dict(mode="prox", start_epoch=0.2), dict(mode="hard", start_epoch=0.2, hard_every=3),
+         dict(mode="relax", start_epoch=0.2)]
 
 
 def callbacks(ckpt_dir=None, extra=(), form=FORMS[0]):
@@ -79,7 +80,7 @@ def run(cbs, ckpt_path=None, max_epochs=5):
     return model, cbs
 
 
-@pytest.mark.parametrize("form", FORMS, ids=["grad", "prox", "hard"])
+@pytest.mark.parametrize("form", FORMS, ids=["grad", "prox", "hard", "relax"])
 def test_resume_matches_uninterrupted(tmp_path, form):
     ref_model, ref_cbs = run(callbacks(form=form))
     # interrupted after epoch 1 (mid-schedule: target 0.6·(1 − (1 − 2/4)³) at epoch 2)

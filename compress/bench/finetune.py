@@ -47,6 +47,7 @@ SPLITS = ("test_voices", "test_sentences")
 # Variants of ours at 75% + 4 bits, chosen on valid (name -> recipe, extra overrides).
 QREG = "compression.quantization_regularizer"
 VARIANTS = {
+    "relax_start0": ("sparse75_qreg4", [f"{QREG}.mode=relax", f"{QREG}.start_epoch=0.0"]),
     "hard_every50": ("sparse75_qreg4", [f"{QREG}.mode=hard", f"++{QREG}.hard_every=50"]),
     "grad_late": ("sparse75_qreg4_grad", []),
 }

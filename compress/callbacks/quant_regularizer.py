@@ -26,7 +26,7 @@ DEFAULT_PULL_START = 0.5  # decoupled forms: the pull starts halfway through the
 # Default form per bit width, chosen by measurement (docs/callbacks.md, "Which form"):
 # the gradient form at >= GRAD_MIN_BITS bits, the decoupled prox form below.
 GRAD_MIN_BITS = 7
-MODES = ("grad", "prox", "hard")
+MODES = ("grad", "prox", "hard", "relax")
 STATE_VERSION = 2  # 2: λ under "lambda", plus "mode"; 1 (λ under "weight", gradient form) still loads
 
 Weight = float | Callable[[int], float]
@@ -64,6 +64,7 @@ class _Target:
     coef: torch.Tensor | None = None  # λ·Δ/π (gradient form)
     limit: torch.Tensor | None = None  # qmax·Δ, the clipping edge
     work: tuple = ()  # two scratch views shaped like the parameter
+    latent: torch.Tensor | None = None  # relax form: the float weights the optimizer steps
 
 
 class QuantizationRegularizerCore:
@@ -91,6 +92,14 @@ class QuantizationRegularizerCore:
       step, ``w ← w − ρ_t·(w − snap(w))``, with ρ rising log-linearly from ``rho_min`` at
       ``start_epoch`` to exactly 1 at the last step, so the run ends on the grid because
       training put it there. The optimizer only ever sees the task gradient.
+    * ``mode="relax"``: the prox step on latent weights (BinaryRelax, Yin et al. 2018;
+      the form of torchao's PARQ). The optimizer steps a float copy ``z``; the model's
+      weights are ``w = (1 − ρ_t)·z + ρ_t·snap(z)`` with the prox form's schedule, so the
+      forward and backward see the relaxed weights and the gradient at ``w`` moves ``z``
+      (at ρ = 1 that is fake quantization with a straight-through gradient). A weight can
+      still change level late in the run, when ``z`` crosses a midpoint. ``z`` is saved in
+      the state (one float copy of the targets). With a ``GradualSparsifier`` in the same
+      trainer, ``z`` is masked with its masks.
     * ``mode="hard"``: the hard compressor of S8BQAT (Zhen et al. 2022): from
       ``start_epoch`` on, the weights are snapped onto the grid every ``hard_every``
       optimizer steps and at the last step, training on in float in between.
@@ -116,7 +125,7 @@ class QuantizationRegularizerCore:
 
     Args:
         bits: bit width, 2..8.
-        mode: "grad", "prox", "hard", or None (``default_mode(bits)``).
+        mode: "grad", "prox", "relax", "hard", or None (``default_mode(bits)``).
         weight: λ of the gradient form, a float >= 0 or a callable ``epoch -> float``;
             None = 0.03. Not used by the other forms.
         granularity: "channel" (Δ per output channel, axis 0) or "tensor".
@@ -205,6 +214,7 @@ class QuantizationRegularizerCore:
         self.log_prefix = _base.check_prefix(log_prefix)
         self._t: dict[str, _Target] = {}  # fqn -> parameter and grid
         self._saved_scales: dict[str, torch.Tensor] = {}  # restored from a checkpoint before setup
+        self._saved_latent: dict[str, torch.Tensor] = {}
         self._epoch = -1  # epoch whose start the scales were computed at
         self._lambda = 0.0
         self._rho = 0.0
@@ -276,8 +286,9 @@ class QuantizationRegularizerCore:
         if self._epoch != epoch or not have:
             scales = None
             if trainer.is_global_zero:
-                scales = {
-                    n: compute_scale(t.param.detach(), self.bits, self.granularity, self.clip).to("cpu", torch.float32)
+                scales = {  # the relax form's grid follows the latent weights
+                    n: compute_scale((t.latent if t.latent is not None else t.param).detach(), self.bits,
+                                     self.granularity, self.clip).to("cpu", torch.float32)
                     for n, t in self._t.items()
                 }
             scales = _base.broadcast(trainer, scales)
@@ -316,6 +327,9 @@ class QuantizationRegularizerCore:
         _base.check_strategy(trainer, type(self).__name__)
         found = _base.resolve_targets(pl_module, self.targets, self.include, self.exclude)
         self._t = {t.name: _Target(t.param, self._saved_scales.get(t.name)) for t in found}
+        for n, t in self._t.items():
+            if n in self._saved_latent:
+                t.latent = self._saved_latent[n].to(t.param.device, t.param.dtype).clone()
         self._opt_params = {}
         self._factors_epoch = None
         end = _base.last_epoch(trainer)
@@ -344,6 +358,13 @@ class QuantizationRegularizerCore:
         self._snapped = False
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.mode == "relax":
+            with torch.no_grad():
+                for t in self._t.values():  # the gradient at w steps z: put z in place for the step
+                    if t.latent is None:
+                        t.latent = t.param.detach().clone()
+                    else:
+                        t.param.copy_(t.latent)
         if self._factors_epoch != trainer.current_epoch:
             self._refresh(trainer)
         if self.mode != "grad" or self._lambda == 0.0:
@@ -367,6 +388,9 @@ class QuantizationRegularizerCore:
             return
         self._last_step = step
         final = step >= self._total_steps
+        if self.mode == "relax":
+            self._relax_step(trainer, 1.0 if final else self.rho_at_step(step))
+            return
         if self.mode == "prox":
             rho = 1.0 if final else self.rho_at_step(step)
         else:  # hard: snap every hard_every steps once the pull has started
@@ -382,6 +406,27 @@ class QuantizationRegularizerCore:
         qm = qmax(self.bits)
         for t in self._t.values():
             prox_step_(t.param, t.step, t.inv, qm, rho, t.work[0])
+
+    @torch.no_grad()
+    def _relax_step(self, trainer, rho: float) -> None:
+        """z ← the optimizer's result (masked like the sparsifier's), w ← (1 − ρ) z + ρ snap(z)."""
+        masks = {}
+        for cb in getattr(trainer, "callbacks", []) or []:
+            if type(cb).__name__.startswith("GradualSparsifier"):
+                masks.update(cb.masks)
+        self._rho = rho
+        qm = qmax(self.bits)
+        for n, t in self._t.items():
+            p = t.param
+            t.latent.copy_(p)
+            if n in masks:
+                t.latent.mul_(masks[n].to(p.dtype))
+            if rho >= 1.0:
+                p.copy_(snap(t.latent, t.scale.to(p.device), self.bits))
+            elif rho > 0.0:
+                prox_step_(p.copy_(t.latent), t.step, t.inv, qm, rho, t.work[0])
+            else:
+                p.copy_(t.latent)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.mode != "grad":
@@ -438,6 +483,8 @@ class QuantizationRegularizerCore:
             "epoch": int(self._epoch),
             "lambda": float(self._lambda),
             "snapped": bool(self._snapped),
+            **({"latent": _base.to_cpu_state({n: t.latent for n, t in self._t.items() if t.latent is not None})}
+               if self.mode == "relax" else {}),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -457,6 +504,10 @@ class QuantizationRegularizerCore:
         self._epoch = int(state_dict["epoch"])
         self._lambda = float(state_dict["lambda" if version == STATE_VERSION else "weight"])
         self._snapped = bool(state_dict.get("snapped", False))
+        self._saved_latent = dict(state_dict.get("latent") or {})
+        for n, t in self._t.items():
+            if n in self._saved_latent:
+                t.latent = self._saved_latent[n].to(t.param.device, t.param.dtype).clone()
 
 
 class QuantizationRegularizer(QuantizationRegularizerCore, pl.Callback):
