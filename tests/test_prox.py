@@ -176,8 +176,9 @@ def test_several_optimizers_and_manual_optimization():
 
 def test_defaults_state_and_version_1():
     assert default_mode(8) == default_mode(7) == "grad"
-    assert all(default_mode(b) == "prox" for b in range(2, 7))
-    assert QuantizationRegularizer(bits=4).mode == "prox" and QuantizationRegularizer(bits=4).start_epoch == 0.5
+    assert all(default_mode(b) == "relax" for b in range(2, 7))
+    assert QuantizationRegularizer(bits=4).mode == "relax" and QuantizationRegularizer(bits=4).start_epoch == 0.0
+    assert QuantizationRegularizer(bits=4, mode="prox").start_epoch == 0.5
     assert QuantizationRegularizer(bits=4, weight=0.1).mode == "grad"  # λ is the gradient form's setting
     with pytest.raises(ValueError, match="weight \\(λ\\) applies to mode='grad' only"):
         QuantizationRegularizer(bits=4, mode="prox", weight=0.1)

@@ -48,7 +48,8 @@ SPLITS = ("test_voices", "test_sentences")
 QREG = "compression.quantization_regularizer"
 VARIANTS = {
     "relax_start0": ("sparse75_qreg4", [f"{QREG}.mode=relax", f"{QREG}.start_epoch=0.0"]),
-    "hard_every50": ("sparse75_qreg4", [f"{QREG}.mode=hard", f"++{QREG}.hard_every=50"]),
+    "prox_start0.5": ("sparse75_qreg4", [f"{QREG}.mode=prox", f"{QREG}.start_epoch=0.5"]),
+    "hard_every50": ("sparse75_qreg4", [f"{QREG}.mode=hard", f"{QREG}.start_epoch=0.5", f"++{QREG}.hard_every=50"]),
     "grad_late": ("sparse75_qreg4_grad", []),
 }
 OPTIONS = ("size", "epochs", "jobs", "data_dir", "reuse", "seeds", "groups")

@@ -22,9 +22,11 @@ from compress.quant.prox import prox_step_, rho_at
 
 DEFAULT_WEIGHT = 0.03  # λ of the gradient form (scale-free, see compress.quant.penalty)
 DEFAULT_RHO_MIN = 1e-4  # ρ at the start of the decoupled pull's anneal (compress.quant.prox)
-DEFAULT_PULL_START = 0.5  # decoupled forms: the pull starts halfway through the run
+# Where the pull starts by default, as a fraction of the run (relax: measured on valid,
+# bench/accuracy_finetune.md; prox and hard: halfway, free training first).
+DEFAULT_PULL_START = {"grad": 0, "prox": 0.5, "hard": 0.5, "relax": 0.0}
 # Default form per bit width, chosen by measurement (docs/callbacks.md, "Which form"):
-# the gradient form at >= GRAD_MIN_BITS bits, the decoupled prox form below.
+# the gradient form at >= GRAD_MIN_BITS bits, the relax form below.
 GRAD_MIN_BITS = 7
 MODES = ("grad", "prox", "hard", "relax")
 STATE_VERSION = 2  # 2: λ under "lambda", plus "mode"; 1 (λ under "weight", gradient form) still loads
@@ -33,8 +35,8 @@ Weight = float | Callable[[int], float]
 
 
 def default_mode(bits: int) -> str:
-    """The form ``QuantizationRegularizer(bits=b)`` uses: "grad" at >= 7 bits, else "prox"."""
-    return "grad" if check_bits(bits) >= GRAD_MIN_BITS else "prox"
+    """The form ``QuantizationRegularizer(bits=b)`` uses: "grad" at >= 7 bits, else "relax"."""
+    return "grad" if check_bits(bits) >= GRAD_MIN_BITS else "relax"
 
 
 def _check_weight(value, name: str = "weight") -> float:
@@ -106,7 +108,7 @@ class QuantizationRegularizerCore:
 
     ``mode=None`` picks the gradient form when ``weight`` or ``warmup_epochs`` is given
     (they are its settings), else ``default_mode(bits)``: the gradient form at 7-8 bits,
-    the prox form below, by measurement (docs/callbacks.md, "Which form").
+    the relax form below, by measurement (docs/callbacks.md, "Which form").
 
     When Δ changes. Δ is computed from the weights at each epoch's first optimizer step
     (after every epoch-start hook, e.g. a sparsifier's new masks), on rank 0, broadcast,
@@ -135,8 +137,8 @@ class QuantizationRegularizerCore:
         warmup_epochs: gradient form: λ ramps as ``min(1, (epoch−start+1)/(warmup_epochs+1))``.
         start_epoch: when the pull starts: an epoch (int) or a fraction of the run (float
             in [0, 1], e.g. 0.7, so a recipe keeps working when ``max_epochs`` changes).
-            None = 0 for the gradient form, 0.5 for the others. Δ is computed and logged
-            before it.
+            None = 0 for the gradient and relax forms, 0.5 for prox and hard. Δ is computed
+            and logged before it.
         rho_min: prox form: ρ at the start of the anneal, in (0, 1).
         hard_every: hard form: snap every this many optimizer steps.
         pull_clipped: gradient form: pull weights beyond the clipping range to the edge.
@@ -195,7 +197,7 @@ class QuantizationRegularizerCore:
             raise ValueError(f"warmup_epochs applies to mode='grad' only, got {warmup_epochs!r} with mode={self.mode!r}")
         self.warmup_epochs = warmup_epochs
         start = _check_start(start_epoch)
-        self.start_epoch = (0 if self.mode == "grad" else DEFAULT_PULL_START) if start is None else start
+        self.start_epoch = DEFAULT_PULL_START[self.mode] if start is None else start
         if isinstance(rho_min, bool) or not isinstance(rho_min, (int, float)) or not 0.0 < rho_min < 1.0:
             raise ValueError(f"rho_min must be a number in (0, 1), got {rho_min!r}")
         self.rho_min = float(rho_min)
