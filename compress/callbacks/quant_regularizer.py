@@ -1,9 +1,10 @@
-"""``QuantizationRegularizer``: pulls weights onto the export grid in the backward pass.
+"""``QuantizationRegularizer``: pulls weights onto the export grid while they train.
 
-The forward pass is untouched (no fake quantization): after ``backward`` and before the
-optimizer step (``on_before_optimizer_step``) the closed-form gradient of the
-absolute-cosine penalty is added to each targeted weight's ``.grad``. No autograd graph
-is built over the weights, so memory and the task graph are unchanged.
+The forward pass never runs fake-quantization ops. The gradient form adds the closed-form
+gradient of the absolute-cosine penalty to ``.grad`` before the optimizer step; the
+decoupled forms (prox, relax, hard) move the weights toward the grid after the optimizer
+step (``compress.quant.prox``), so an adaptive optimizer only ever sees the task gradient.
+No autograd graph is built over the weights.
 """
 
 from __future__ import annotations
