@@ -218,6 +218,7 @@ class QuantizationRegularizerCore:
         self._t: dict[str, _Target] = {}  # fqn -> parameter and grid
         self._saved_scales: dict[str, torch.Tensor] = {}  # restored from a checkpoint before setup
         self._saved_latent: dict[str, torch.Tensor] = {}
+        self._mask_cache: dict[str, tuple] = {}  # fqn -> (the sparsifier's bool mask, its float form)
         self._epoch = -1  # epoch whose start the scales were computed at
         self._lambda = 0.0
         self._rho = 0.0
@@ -422,8 +423,12 @@ class QuantizationRegularizerCore:
         for n, t in self._t.items():
             p = t.param
             t.latent.copy_(p)
-            if n in masks:
-                t.latent.mul_(masks[n].to(p.dtype))
+            if n in masks:  # the float form of a mask, rebuilt only when the sparsifier installs new ones
+                key, fmask = self._mask_cache.get(n, (None, None))
+                if key is not masks[n]:
+                    fmask = masks[n].to(p.dtype)
+                    self._mask_cache[n] = (masks[n], fmask)
+                t.latent.mul_(fmask)
             if rho >= 1.0:
                 p.copy_(snap(t.latent, t.scale.to(p.device), self.bits))
             elif rho > 0.0:
