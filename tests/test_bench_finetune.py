@@ -33,7 +33,7 @@ def test_tiny_run_writes_every_row_table_and_plot(tiny):
     keys = {e["key"] for e in results["entries"]}
     expected = {"fp32", "ptq4", "oneshot75_ptq4", "lightning75_ptq4", "sparse75_ptq4", "sparse75_fq4",
                 "sparse75_qreg4", "sparse75_qreg5", "sparse75_qreg6", "ptq5", "ptq6", "fp32_ft", "qreg8",
-                "sparse50_qreg8", "sparse50_qreg8_prox", "sparse50_fq8", "lightning50_ptq8", "sparse50_ptq8", "ptq8", "oneshot50_ptq8"}
+                "sparse50_qreg8", "sparse50_qreg8_relax", "sparse50_fq8", "lightning50_ptq8", "sparse50_ptq8", "ptq8", "oneshot50_ptq8"}
     assert expected | {f"v_{v}" for v in finetune.VARIANTS} <= keys
     by = {e["key"]: e for e in results["entries"]}
     for key in ("fp32", "sparse75_qreg4", "sparse75_fq4", "lightning75_ptq4"):

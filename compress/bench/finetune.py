@@ -14,9 +14,10 @@ Groups of trainings (``--finetune-groups``, so the study can run in batches with
   ``GradualSparsifier`` alone + PTQ, fake-quant QAT (STE) with the same sparsifier, and
   ours (``sparse75_qreg4``); with PTQ int4 and one-shot + PTQ from the fp32 checkpoint.
 * ``bits``: ours at 75% with 5 and 6 bits (first seed), next to PTQ at those bits.
-* ``easy``: 50% + 8 bits (first seed): the ablation (fp32 fine-tuned the same epochs
-  without compression, the sparsifier alone, the regularizer alone, both), Lightning
-  ``ModelPruning``, fake-quant QAT.
+* ``ablation``: 50% + 8 bits (first seed): fp32 fine-tuned the same epochs without
+  compression, the sparsifier alone, the regularizer alone, both.
+* ``easy``: 50% + 8 bits (first seed): Lightning ``ModelPruning``, fake-quant QAT, and
+  the relax form at 8 bits.
 * ``variants``: other settings of ours at 75% + 4 bits (first seed), for the choice on
   ``valid``.
 
@@ -42,7 +43,7 @@ from compress.bench.baselines import label
 FT_EPOCHS = 3
 FT_OVERRIDES = ("++model.lr=0.001", "++model.schedule=cosine")  # a fine-tuning schedule, the same for every method
 SEEDS = 3
-GROUPS = ("variants", "hard", "bits", "easy")
+GROUPS = ("variants", "hard", "bits", "ablation", "easy")
 SPLITS = ("test_voices", "test_sentences")
 # Variants of ours at 75% + 4 bits, chosen on valid (name -> recipe, extra overrides).
 QREG = "compression.quantization_regularizer"
@@ -165,9 +166,9 @@ def plan(base: list[str], seeds: int, epochs: int, groups: list[str], runs: Path
             finetune("fp32_ft", "none", [_row("fp32_ft", "fp32", None, 0.0, 0, "easy")])
         else:
             finetune("sparse50_fq8", "sparse50_fq8", [_row("sparse50_fq8", "fakequant", 8, 0.5, 0, "easy")])
-            # the other form at 8 bits, for the choice of the default form per bit width
-            finetune("sparse50_qreg8_prox", "sparse50_qreg8",
-                     [_row("sparse50_qreg8_prox", "ours", 8, 0.5, 0, "easy")], extra=[f"++{QREG}.mode=prox"])
+            # the other default form at 8 bits, for the choice of the default form per bit width
+            finetune("sparse50_qreg8_relax", "sparse50_qreg8",
+                     [_row("sparse50_qreg8_relax", "ours", 8, 0.5, 0, "easy")], extra=[f"++{QREG}.mode=relax"])
             finetune("lightning50_ptq8", "none", [_row("lightning50_ptq8", "lightning", 8, 0.5, 0, "easy")], 0,
                      pruning(0.5))
 
@@ -182,9 +183,9 @@ def plan(base: list[str], seeds: int, epochs: int, groups: list[str], runs: Path
     if "hard" in groups:  # a seed's fine-tunings start as soon as its base is ready, before what follows
         for s in hard_seeds[1:]:
             hard(s)
-    if "easy" in groups:
+    if "ablation" in groups:
         easy(0)
-    if "bits" in groups or "easy" in groups:
+    if {"bits", "ablation", "easy"} & set(groups):
         jobs.append(rows_job)
     if "bits" in groups:
         for b in (5, 6):
