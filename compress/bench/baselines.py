@@ -30,7 +30,6 @@ from compress.quant import grid
 from compress.sparsity.masks import magnitude_masks
 from compress.sparsity.schedule import Schedule, check_sparsity, sparsity_at
 
-
 default_clip = grid.default_clip  # the one rule; kept importable from here
 
 
