@@ -321,10 +321,14 @@ def plot(entries: list[dict], path: Path, split: str = accuracy.SPLIT) -> bool:
     ax.set_ylabel(f"WER {split} (%)")
     ax.set_title("Fine-tuning protocol: WER against size (mean ± std over seeds)")
     ax.grid(True, which="both", alpha=0.3)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
+    import io
+
+    from compress.atomic import write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes(path, [buf.getvalue()])  # the project's atomic writer (temp file, fsync, rename)
     return True
 
 

@@ -331,15 +331,19 @@ class QuantizationRegularizerCore:
         _base.check_strategy(trainer, type(self).__name__)
         found = _base.resolve_targets(pl_module, self.targets, self.include, self.exclude)
         self._t = {t.name: _Target(t.param, self._saved_scales.get(t.name)) for t in found}
-        for n, t in self._t.items():
-            if n in self._saved_latent:
-                t.latent = self._saved_latent[n].to(t.param.device, t.param.dtype).clone()
+        self._restore_latent()
         self._opt_params = {}
         self._factors_epoch = None
         end = _base.last_epoch(trainer)
         self._max_epochs = None if end is None else end + 1
         if isinstance(self.start_epoch, float) and self.mode == "grad" and self._max_epochs is None:
             raise ValueError("start_epoch given as a fraction needs a bounded trainer (max_epochs)")
+
+    def _restore_latent(self) -> None:
+        """Put the relax form's saved latent weights in place (setup and checkpoint load come in either order)."""
+        for n, t in self._t.items():
+            if n in self._saved_latent:
+                t.latent = self._saved_latent[n].to(t.param.device, t.param.dtype).clone()
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.mode == "grad":
@@ -513,9 +517,7 @@ class QuantizationRegularizerCore:
         self._lambda = float(state_dict["lambda" if version == STATE_VERSION else "weight"])
         self._snapped = bool(state_dict.get("snapped", False))
         self._saved_latent = dict(state_dict.get("latent") or {})
-        for n, t in self._t.items():
-            if n in self._saved_latent:
-                t.latent = self._saved_latent[n].to(t.param.device, t.param.dtype).clone()
+        self._restore_latent()
 
 
 class QuantizationRegularizer(QuantizationRegularizerCore, pl.Callback):
