@@ -18,6 +18,7 @@ _LAZY = {
     "describe_targets": "compress.targets",
     "find_targets": "compress.targets",
     "FormatError": "compress.format.errors",
+    "ArgumentError": "compress.errors",
     "load": "compress.decoder.fast",
 }
 

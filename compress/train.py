@@ -108,6 +108,18 @@ def format_results(results: dict) -> str:
         f"{100 * results['overall_sparsity']:.1f}%",
         f"- training time: {results['train_seconds']:.0f} s for {results['epochs']} epochs",
     ]
+    timing = results.get("timing")
+    if timing:
+        st = timing["fit_stages"]
+        steps = max(st["steps"], 1)
+        per_step = ", ".join(f"{k} {1000 * st[k] / steps:.0f} ms" for k in
+                             ("data", "forward", "backward", "callbacks", "optimizer"))
+        lines.append(
+            f"- wall time: data {timing['data']:.0f} s (corpus and features), training "
+            f"{timing['fit']:.0f} s, test {timing['test_trained']:.0f} s, export and reload "
+            f"{timing['export']:.0f} s, test of the packed model {timing['test_packed']:.0f} s")
+        lines.append(f"- per training step ({st['steps']} steps): {per_step}; validation "
+                     f"{st['validation']:.0f} s in all")
     if results.get("onnx_bytes"):
         lines.append(f"- ONNX (int8 initializers + DequantizeLinear): {results['onnx_bytes']:,} bytes")
     if results["layers"]:
@@ -128,6 +140,7 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     from compress.decoder.fast import load
     from compress.export.pack import pack
     from compress.export.sources import read_compression_state
+    from compress.progress import RunProgress, StageTimer
 
     check_config(cfg)
     out = Path(output_dir)
@@ -135,7 +148,13 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(int(cfg.seed), workers=True)
 
+    timing = {}
+    t0 = time.perf_counter()
     dm = _instantiate(cfg.data, "data")
+    # Corpus synthesis (first run only) and features, timed apart from training.
+    dm.prepare_data()
+    dm.setup("fit")
+    timing["data"] = time.perf_counter() - t0
     model = _instantiate(cfg.model, "model")
     if cfg.get("init_from"):  # fine-tune a trained model: its weights only
         from compress.checkpoint import load_weights
@@ -144,7 +163,12 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
             load_weights(model, str(cfg.init_from))
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(str(err)) from None
-    callbacks = build_callbacks(cfg)
+    timer = StageTimer()
+    callbacks = timer.around(build_callbacks(cfg))
+    if cfg.trainer.get("enable_progress_bar", True):
+        # Evaluation after fit: every test split, for the trained and the rebuilt model.
+        after = 2 * sum(len(loader) for loader in dm.test_dataloaders().values())
+        callbacks.append(RunProgress(after_fit_batches=after))
     logger = TensorBoardLogger(save_dir=str(out), name="tb", version="")
     trainer = _instantiate(
         cfg.trainer, "trainer", callbacks=callbacks, logger=logger, default_root_dir=str(out),
@@ -153,6 +177,8 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     train_seconds = time.perf_counter() - t0
+    timing["fit"] = train_seconds
+    timing["fit_stages"] = timer.summary()
 
     ckpt_path = out / "model.ckpt"
     tmp_ckpt = out / ".model.ckpt.tmp"
@@ -169,8 +195,11 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
                           enable_model_summary=False, enable_checkpointing=False)
 
     model.eval()
+    t0 = time.perf_counter()
     trained = _evaluate(model, dm, eval_trainer)
+    timing["test_trained"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state = read_compression_state(checkpoint)
     # Without a regularizer the weights were never trained toward a grid: pruned-only
@@ -183,7 +212,10 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     rebuilt = _instantiate(cfg.model, "model")
     rebuilt.load_state_dict(load(packed_path), strict=True)
     rebuilt.eval()
+    timing["export"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     packed = _evaluate(rebuilt, dm, eval_trainer)
+    timing["test_packed"] = time.perf_counter() - t0
 
     # The fp32 baseline size is that of a real torch.save file. It is written in a private
     # temporary directory (removed even on error), never in the run directory; the file
@@ -198,7 +230,7 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
         if not state.scales:
             print("export.onnx: skipped, the recipe has no QuantizationRegularizer (nothing to store as int8)")
         else:
-            from compress.cli.export_onnx import example_inputs, export_graphs
+            from compress.export.onnx import example_inputs, export_graphs
 
             x, lengths = example_inputs(2, 200, int(model.hparams.n_mels))
             graphs = export_graphs(model, state, str(out / "model.onnx"), x, lengths, opset=17)
@@ -221,6 +253,7 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
         "overall_sparsity": zeros / total if total else 0.0,
         "layers": layers,
         "train_seconds": train_seconds,
+        "timing": timing,
         "epochs": trainer.current_epoch,
         "packed_summary": str(summary),
     }

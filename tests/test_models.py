@@ -204,3 +204,18 @@ def test_lightning_fit_test_and_checkpoint(dm, tmp_path, name, schedule):
     assert again.hparams == m.hparams
     x, n = torch.randn(2, 50, 80), torch.tensor([50, 40])
     assert torch.equal(again(x, n)[0], m.eval()(x, n)[0])
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+def test_subsampling_lengths_match_the_convolutions(factor):
+    from compress.models.base import ConvSubsampling
+
+    sub = ConvSubsampling(16, 8, factor)
+    for n in (1, 7, 8, 9, 33, 100):
+        y, lengths = sub(torch.randn(1, n, 16), torch.tensor([n]))
+        assert y.shape[1] == int(lengths[0]) == -(-n // factor)
+    # Padding does not change an utterance's frames: alone or in a batch, the same output.
+    x = torch.randn(2, 40, 16)
+    y, lengths = sub(x, torch.tensor([40, 23]))
+    alone, _ = sub(x[1:, :23], torch.tensor([23]))
+    torch.testing.assert_close(y[1, : int(lengths[1])], alone[0])

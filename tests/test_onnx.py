@@ -16,7 +16,17 @@ import torch
 import torchaudio
 from onnx import numpy_helper
 
-from compress.export.onnx import inference_session, to_onnx
+from compress.errors import ArgumentError
+from compress.export import pack
+from compress.export.onnx import (
+    ParityError,
+    check_parity,
+    checkpoint_to_onnx,
+    export_graphs,
+    inference_session,
+    to_onnx,
+)
+from compress.export.onnx.rebuild import feature_size
 from compress.quant import grid
 
 CTC_IO = {
@@ -119,6 +129,12 @@ def snapped(model, state):
             if name in state["scales"]:
                 p.copy_(grid.snap(p, state["scales"][name], state["bits"][name]))
     return out
+
+
+def make_state_from(state):
+    """The test's own state mapping from a CompressionState (the oracle snaps without masks:
+    write_checkpoint already zeroed the pruned weights)."""
+    return {"bits": dict(state.bits), "scales": dict(state.scales)}
 
 
 def session(path):
@@ -459,16 +475,48 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_cli_parity_check_catches_a_different_model(tmp_path):
-    from compress.cli import CliError
-    from compress.cli.export_onnx import _check_parity, export_graphs
-
+def test_parity_check_catches_a_different_model(tmp_path):
     model = built_in("CTCLSTM")(**SMALL["CTCLSTM"]).eval()
     state = make_state(model)
     x, n = batch(2, 48, feats=80)
     graphs = export_graphs(model, state, str(tmp_path / "m.onnx"), x, n, 17)
-    assert _check_parity(model, state, graphs, [(x, n)]) <= 1e-4
+    assert check_parity(model, state, graphs, [(x, n)]) <= 1e-4
     with torch.no_grad():
         model.head.bias[0] += 1e-3  # a float tensor the graph holds: now stale (log_softmax ignores uniform shifts)
-    with pytest.raises(CliError, match="parity: max abs difference"):
-        _check_parity(model, state, graphs, [(x, n)])
+    with pytest.raises(ParityError, match="parity: max abs difference"):
+        check_parity(model, state, graphs, [(x, n)])
+
+
+def test_checkpoint_to_onnx_record_and_parity(tmp_path):
+    model = built_in("RNNT")(**SMALL["RNNT"]).eval()
+    write_checkpoint(model, tmp_path / "r.ckpt", bits=5, sparsity=0.5)
+    result = checkpoint_to_onnx(tmp_path / "r.ckpt", tmp_path / "r.onnx", frames=64)
+    assert list(result.graphs) == ["encoder", "predictor", "joiner"]
+    assert result.onnx_bytes == sum(os.path.getsize(p) for p in tmp_path.glob("r*.onnx"))
+    assert result.not_int8 == () and result.packed_error is None
+    # The packed size is that of the same snapped weights packed by hand.
+    snapped_sd = {k: v.detach() for k, v in snapped(model, make_state_from(result.state)).state_dict().items()}
+    callbacks = torch.load(tmp_path / "r.ckpt", weights_only=True)["callbacks"]
+    packed = pack({"state_dict": snapped_sd, "callbacks": callbacks}, tmp_path / "r.psq").file_bytes
+    assert result.packed_bytes == packed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.ckpt", "r.joiner.onnx", "r.onnx", "r.predictor.onnx",
+                                                          "r.psq"]  # no temporary file left
+    assert result.check_parity() <= 1e-4
+
+
+def test_checkpoint_to_onnx_errors_name_the_argument(tmp_path):
+    model = built_in("CTCLSTM")(**SMALL["CTCLSTM"])
+    write_checkpoint(model, tmp_path / "m.ckpt")
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ArgumentError) as err:
+        checkpoint_to_onnx(tmp_path / "m.ckpt", out, frames=0)
+    assert (err.value.argument, str(err.value)) == ("frames", "frames: expected an integer >= 1, got 0")
+    with pytest.raises(ArgumentError, match=r"^output: expected a path ending in \.onnx, got '.*m\.txt'$"):
+        checkpoint_to_onnx(tmp_path / "m.ckpt", tmp_path / "m.txt")
+    with pytest.raises(ArgumentError, match="^model_class: cannot import 'nowhere.Model'"):
+        checkpoint_to_onnx(tmp_path / "m.ckpt", out, model_class="nowhere.Model")
+    with pytest.raises(ArgumentError) as err:  # a model whose hyper-parameters do not say it
+        feature_size({"hyper_parameters": {"width": 4}})
+    assert str(err.value).startswith("cannot tell the feature size") and str(err.value).endswith("; pass features=N")
+    assert err.value.spell({"features": "--features"}).endswith("; pass --features N")
+    assert not out.exists()

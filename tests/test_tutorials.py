@@ -104,6 +104,7 @@ def test_03_export_decode_verify(tmp_path, data_dir):
     assert "recipe tutorial-03" in out
     # verify: every tensor bit for bit.
     assert re.search(r"^OK: \d+ tensors in .*model\.psq, 0 mismatches$", out, re.M), out
+    assert "compress.export.verify(psq, ckpt): 0 mismatches []" in out  # the same check, in Python
     # load: the rebuilt model computes exactly what the trained one does.
     assert "weights identical to the trained model's: True" in out
     assert "max abs diff packed vs trained log-probs: 0.0e+00" in out

@@ -6,7 +6,8 @@ tutorial trains one briefly, then:
 
 1. ``compress export``: packs the checkpoint into the sparse-int8 ``.psq`` file;
 2. ``compress inspect``: what the file holds, tensor by tensor, against fp32 and int8;
-3. ``compress verify``: every decoded tensor equals the checkpoint's, bit for bit;
+3. ``compress verify`` (in Python, ``compress.export.verify``): every decoded tensor
+   equals the checkpoint's, bit for bit;
 4. ``compress.load``: rebuilds the model from the packed file and checks it computes
    exactly what the trained model computes on test utterances;
 5. ``compress export-onnx`` and onnxruntime: the same weights as int8 initializers
@@ -124,10 +125,16 @@ def main(argv=None) -> None:
     # Step 3. Verify.
     #
     # Decodes every tensor and compares it bit for bit with the checkpoint's weights on
-    # their grid. Exit code 0 and "OK" only if every tensor matches.
+    # their grid. Exit code 0 and "OK" only if every tensor matches. In Python,
+    # `compress.export.verify` returns the mismatches, each naming its tensor and why.
     # -----------------------------------------------------------------------------------
     print("\n== step 3: verify")
     compress_cli("verify", str(psq), str(ckpt))
+
+    from compress.export import verify
+
+    mismatches = verify(psq, ckpt)  # [] when the file holds the checkpoint's weights
+    print(f"compress.export.verify(psq, ckpt): {len(mismatches)} mismatches {[str(m) for m in mismatches]}")
 
     # -----------------------------------------------------------------------------------
     # Step 4. Load into a model.
@@ -159,7 +166,8 @@ def main(argv=None) -> None:
     # `compress export-onnx` rebuilds the LightningModule from the checkpoint, snaps its
     # compressed weights and writes int8 initializers with per-channel scales (biases
     # stay float32); batch and time axes are dynamic. It checks parity with PyTorch on
-    # random inputs itself. (In Python: `compress.export.to_onnx`.) Then run the graph
+    # random inputs itself. (In Python: `compress.export.checkpoint_to_onnx`, or
+    # `compress.export.to_onnx` for any module and compression state.) Then run the graph
     # with onnxruntime on the real test batch and compare with the packed model.
     # -----------------------------------------------------------------------------------
     print("\n== step 5: ONNX")

@@ -2,8 +2,10 @@
 
 Each subcommand lives in its own module under ``compress/cli/`` and exposes
 ``add_parser(subparsers)``, which registers it and sets ``func`` (a callable taking the
-parsed ``argparse.Namespace`` and returning an exit code). User mistakes raise
-``CliError`` (or ``compress.FormatError``) and are printed as one line, without a
+parsed ``argparse.Namespace`` and returning an exit code). A command only parses its
+arguments, calls one library function and prints; the work lives in the library
+(``compress.export``, ``compress.results``), which nothing here duplicates. User mistakes
+raise ``CliError`` (or ``compress.FormatError``) and are printed as one line, without a
 traceback.
 """
 

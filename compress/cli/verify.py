@@ -1,6 +1,7 @@
 """``compress verify FILE CKPT``: the decoded weights equal the checkpoint's quantized weights.
 
-Exit code 0 when every tensor matches bit for bit, 1 otherwise.
+Exit code 0 when every tensor matches bit for bit, 1 otherwise. The check is
+``compress.export.verify``; this module parses, calls and prints.
 
 Example:
     >>> from compress.cli import main
@@ -26,52 +27,18 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def expected(name: str, w, rec: dict, res, granularity: str):
-    """What FILE should hold for ``name``: the quantized weight, or the passthrough tensor."""
-    import torch
-
-    from compress.format import layout as L
-    from compress.quant import grid
-
-    if rec["kind"] == L.RAW:
-        return w.to(getattr(torch, L.DTYPES[rec["store"]][0])).to(w.dtype)
-    bits = res.bits.get(name, rec["bits"])
-    s = res.scales.get(name)
-    if s is None:
-        s = grid.compute_scale(w, bits, granularity)
-    return grid.dequantize(grid.quantize(w, s, bits), s).to(w.dtype)
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from compress.cli import CliError
-    from compress.decoder.fast import decode, read_file
-    from compress.export.sources import resolve
+    from compress.decoder.fast import read_file
+    from compress.export import verify
 
-    pf = read_file(args.file)
+    pf = read_file(args.file)  # read once: its tensor count is printed too
     try:
-        res = resolve(args.checkpoint, bits=args.bits, trust_checkpoint=args.trust_checkpoint)
+        bad = verify(pf, args.checkpoint, bits=args.bits, granularity=args.granularity,
+                     trust_checkpoint=args.trust_checkpoint)
     except (ValueError, TypeError) as err:
         raise CliError(str(err)) from None
-    bad = []
-    names = {r["name"] for r in pf.records}
-    bad += [f"{n}: in CKPT, missing from FILE" for n in res.state_dict if n not in names]
-    for r in pf.records:
-        name = r["name"]
-        if name not in res.state_dict:
-            bad.append(f"{name}: in FILE, missing from CKPT")
-            continue
-        got, _ = decode(pf, r)
-        w = res.state_dict[name].detach().cpu()
-        if (r["kind"] == 1) != (name in res.bits and w.numel() > 0):  # empty tensors pass through
-            bad.append(f"{name}: quantized in one and not the other")
-            continue
-        want = expected(name, w, r, res, args.granularity)
-        if got.dtype != want.dtype or got.shape != want.shape or not torch.equal(got, want):
-            bad.append(f"{name}: decoded values differ (dtype {got.dtype}/{want.dtype}, shape "
-                       f"{tuple(got.shape)}/{tuple(want.shape)})")
-    for line in bad:
-        print(f"MISMATCH {line}")
+    for mismatch in bad:
+        print(f"MISMATCH {mismatch}")
     print(f"{'FAIL' if bad else 'OK'}: {len(pf.records)} tensors in {args.file}, {len(bad)} mismatches")
     return 1 if bad else 0

@@ -56,9 +56,10 @@ class ConvSubsampling(nn.Module):
 
     def __init__(self, in_features: int, channels: int, factor: int = 4):
         super().__init__()
-        if factor not in (1, 2, 4):
-            raise ValueError(f"factor: expected 1, 2 or 4, got {factor!r}")
-        self.strides = {1: (1, 1), 2: (2, 1), 4: (2, 2)}[factor]
+        if factor not in (1, 2, 4, 8):
+            raise ValueError(f"factor: expected 1, 2, 4 or 8, got {factor!r}")
+        # 8: the second convolution strides 4 (kernel 5 still covers every input frame).
+        self.strides = {1: (1, 1), 2: (2, 1), 4: (2, 2), 8: (2, 4)}[factor]
         self.conv1 = nn.Conv1d(in_features, channels, 5, stride=self.strides[0], padding=2)
         self.conv2 = nn.Conv1d(channels, channels, 5, stride=self.strides[1], padding=2)
 

@@ -28,7 +28,7 @@ class ConformerCTC(CTCMixin, SpeechModel):
     Args:
         vocab_size: output symbols including the blank.
         n_mels: input feature size.
-        subsample: time subsampling of the front end (1, 2 or 4).
+        subsample: time subsampling of the front end (1, 2, 4 or 8).
         conv_channels: front-end width.
         d_model: Conformer width (must be divisible by ``num_heads``).
         num_heads: attention heads.

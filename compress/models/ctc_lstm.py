@@ -33,7 +33,7 @@ class CTCLSTM(CTCMixin, SpeechModel):
     Args:
         vocab_size: output symbols including the blank (the character vocabulary's 29).
         n_mels: input feature size.
-        subsample: time subsampling of the front end (1, 2 or 4).
+        subsample: time subsampling of the front end (1, 2, 4 or 8).
         conv_channels: front-end width.
         hidden_size: LSTM units per direction. 192 x 2 layers (1.8M parameters) runs 15
             epochs of the default corpus in about ten minutes on 2 CPU cores; a 256 x 3

@@ -4,7 +4,8 @@ The transducer (Graves 2012, "Sequence Transduction with Recurrent Neural Networ
 scores every (frame t, emitted-prefix u) pair: ``joint(enc[t], pred[u])`` gives a
 distribution over the vocabulary, blank meaning "advance to the next frame". The loss is
 ``torchaudio.functional.rnnt_loss``; decoding is greedy (at each frame emit the arg-max
-symbol until blank, at most ``max_symbols`` per frame). The blank id 0 also serves as the
+symbol until blank, at most ``max_symbols`` per frame), in ``greedy_search``, which the
+ONNX parity check runs over the exported graphs too. The blank id 0 also serves as the
 prediction network's start-of-sequence input.
 
 Example:
@@ -18,6 +19,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import nn
@@ -33,7 +36,7 @@ class RNNT(SpeechModel):
     Args:
         vocab_size: output symbols including the blank.
         n_mels: input feature size.
-        subsample: time subsampling of the front end (1, 2 or 4).
+        subsample: time subsampling of the front end (1, 2, 4 or 8).
         conv_channels: front-end width.
         encoder_hidden: encoder LSTM units (one direction: streamable, as on a device).
         encoder_layers: encoder LSTM layers.
@@ -93,23 +96,70 @@ class RNNT(SpeechModel):
 
     @torch.no_grad()
     def transcribe(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> list[str]:
-        enc, lengths = self(features, feature_lengths)
-        B, T, _ = enc.shape
-        hyps: list[list[int]] = [[] for _ in range(B)]
-        tok = torch.full((B, 1), BLANK, dtype=torch.long, device=enc.device)
-        pred, state = self.predict(tok)  # (B, 1, P)
-        for t in range(T):
-            active = lengths > t  # (B,)
-            for _ in range(self.hparams.max_symbols):
-                k = self.joint(enc[:, t:t + 1], pred)[:, 0, 0].argmax(-1)  # (B,)
-                emit = active & (k != BLANK)
-                if not bool(emit.any()):
-                    break
-                new_pred, new_state = self.predict(k.unsqueeze(1), state)
-                # Only rows that emitted advance their prediction network.
-                pred = torch.where(emit[:, None, None], new_pred, pred)
-                state = tuple(torch.where(emit[None, :, None], n, o) for n, o in zip(new_state, state))
-                for b in emit.nonzero().flatten().tolist():
-                    hyps[b].append(int(k[b]))
-                active = emit
+        enc, lengths = self(features, feature_lengths)  # (B, T', H), (B,)
+        # The state nn.LSTM starts from when given none, made explicit: the steps take flat tensors.
+        zeros = self.embed.weight.new_zeros(self.predictor.num_layers, enc.shape[0], self.predictor.hidden_size)
+        hyps = greedy_search(enc, lengths, partial(predict_step, self), partial(joint_step, self), (zeros, zeros),
+                             self.hparams.max_symbols)
         return [" ".join(decode(h).split()) for h in hyps]
+
+
+# --- greedy decoding, shared with the ONNX export ------------------------------------------
+#
+# The search loop cannot be traced: how many symbols a frame emits depends on an arg-max.
+# So an exported transducer is three graphs (encoder, one prediction step, the joiner on one
+# (frame, prefix) pair) and this same loop runs over them, with onnxruntime behind the two
+# step functions (compress.export.onnx.parity). The steps take and return flat tensors
+# because graph inputs and outputs are tensors, not an optional (h, c) tuple.
+
+
+def predict_step(model, token: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+    """One prediction-network step of any model with ``predict(tokens, (h, c))``; exported as a graph.
+
+    Shapes: token (B, 1), h and c (L, B, P) -> pred (B, 1, P), h, c.
+    """
+    pred, (h, c) = model.predict(token, (h, c))
+    return pred, h, c
+
+
+def joint_step(model, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """The joiner on one (frame, prefix) pair per row, of any model with ``joint``; exported as a graph.
+
+    Shapes: enc (B, H), pred (B, P) -> logits (B, V).
+    """
+    return model.joint(enc[:, None], pred[:, None])[:, 0, 0]
+
+
+def greedy_search(enc: torch.Tensor, lengths: torch.Tensor, step, join, state, max_symbols: int,
+                  blank: int = BLANK) -> list[list[int]]:
+    """Greedy transducer decoding: at each frame emit the arg-max symbol until blank.
+
+    Args:
+        enc: encoder output (B, T, H); frames at or past ``lengths`` (B,) are ignored.
+        step: ``step(token (B, 1), h, c) -> (pred (B, 1, P), h, c)``, e.g. ``predict_step``.
+        join: ``join(enc (B, H), pred (B, P)) -> logits (B, V)``, e.g. ``joint_step``.
+        state: the prediction network's initial ``(h, c)``, each (L, B, P).
+        max_symbols: most symbols emitted per frame (guards against loops).
+        blank: the blank id, also the start-of-sequence input.
+
+    Returns:
+        The symbol ids of each utterance.
+    """
+    B, T = enc.shape[:2]
+    hyps: list[list[int]] = [[] for _ in range(B)]
+    pred, h, c = step(torch.full((B, 1), blank, dtype=torch.long, device=enc.device), *state)  # (B, 1, P)
+    for t in range(T):
+        active = lengths > t  # (B,)
+        for _ in range(max_symbols):
+            k = join(enc[:, t], pred[:, 0]).argmax(-1)  # (B,)
+            emit = active & (k != blank)
+            if not bool(emit.any()):
+                break
+            new_pred, new_h, new_c = step(k.unsqueeze(1), h, c)
+            # Only rows that emitted advance their prediction network.
+            pred = torch.where(emit[:, None, None], new_pred, pred)  # (B, 1, P)
+            h, c = (torch.where(emit[None, :, None], n, o) for n, o in ((new_h, h), (new_c, c)))  # (L, B, P)
+            for b in emit.nonzero().flatten().tolist():
+                hyps[b].append(int(k[b]))
+            active = emit
+    return hyps
