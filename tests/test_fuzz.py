@@ -16,6 +16,7 @@ from test_format_errors import resign
 import compress
 from compress.decoder import reference
 from compress.export import pack
+from compress.format import layout as L
 from compress.format.errors import FormatError
 from compress.quant import grid
 
@@ -69,10 +70,10 @@ def mutate_block(buf: bytes, rng: random.Random) -> bytes:
     """Flip bits inside the quantized tensor's data block (scales, index, values), then fix
     the CRCs: this drives the Golomb, bitmask and level decoders themselves."""
     pf = compress.decoder.from_bytes(buf)
-    r = next(r for r in pf.records if r["kind"] == 1)
+    r = next(r for r in pf.records if r.kind == L.QUANT)
     b = bytearray(buf)
     for _ in range(rng.choice((1, 1, 2, 4))):
-        at = r["data_off"] + rng.randrange(r["data_len"])
+        at = r.data_off + rng.randrange(r.data_len)
         b[at] ^= 1 << rng.randrange(8)
     return resign(bytes(b))
 

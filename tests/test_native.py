@@ -25,6 +25,7 @@ from test_fuzz import mutate, mutate_block, seeds
 import compress
 from compress import native
 from compress.decoder import reference
+from compress.format import layout as L
 from compress.format.errors import FormatError
 from compress.native import conformance
 
@@ -233,10 +234,10 @@ def test_corpus_covers_the_matrix(corpus):
             continue
         pf = compress.decoder.from_bytes(data)
         for r in pf.records:
-            if r["kind"] == 1:
-                seen.add((r["encoding"], r["bits"], r["scale_count"] > 1, r["dtype"]))
+            if r.kind == L.QUANT:
+                seen.add((r.encoding, r.bits, r.scale_count > 1, r.dtype))
             else:
-                raw.add((r["dtype"], r["store"]))
+                raw.add((r.dtype, r.store))
     assert seen == {(e, b, g, d) for e in range(3) for b in range(2, 9) for g in (False, True) for d in (1, 2, 3, 4)}
     assert raw >= {(d, d) for d in range(1, 11)} | {(1, 2)}
 

@@ -77,7 +77,7 @@ def read_fields(buf: bytes, base: int, fields) -> dict:
         if ctype == "u8[8]":
             value, size = bytes(buf[at : at + 8]), 8
         elif ctype == "u32[6]":
-            value, size = [ref.read_uint(buf, at + 4 * k, 4, name) for k in range(6)], 24
+            value, size = tuple(ref.read_uint(buf, at + 4 * k, 4, name) for k in range(6)), 24
         else:
             size = WIDTH[ctype]
             value = ref.read_uint(buf, at, size, name)
@@ -163,32 +163,32 @@ def main(argv=None) -> None:
     names_at = table_at + h["n_tensors"] * L.RECORD.size
     data_at = L.align(names_at + h["names_len"])
     print(f"\n== step 3: tensor table at offset {table_at}, name pool at {names_at}, data from {data_at}")
-    records = ref.read_table(buf, h)
-    nw = max(len(r["name"]) for r in records) if records else 4
+    records = ref.read_table(buf, h)  # layout.Record: the fields by name, plus shape and numel
+    nw = max(len(r.name) for r in records) if records else 4
     print(f"  {'#':>2} {'name':<{nw}} {'kind':<6} {'dtype':<8} {'bits':>4} {'encoding':<8} {'shape':<8} "
           f"{'nnz':>4} {'data_off':>8} {'data_len':>8} {'index_len':>9}")
     for r in records:
-        enc = L.ENCODING_NAMES[r["encoding"]] if r["kind"] == L.QUANT else "-"
-        shape = "x".join(map(str, r["dims"][: r["rank"]]))
-        print(f"  {r['index']:>2} {r['name']:<{nw}} {L.KIND_NAMES[r['kind']]:<6} {L.DTYPES[r['dtype']][0]:<8} "
-              f"{r['bits']:>4} {enc:<8} {shape:<8} {r['nnz']:>4} {r['data_off']:>8} {r['data_len']:>8} {r['index_len']:>9}")
+        enc = L.ENCODING_NAMES[r.encoding] if r.kind == L.QUANT else "-"
+        shape = "x".join(map(str, r.shape))
+        print(f"  {r.index:>2} {r.name:<{nw}} {L.KIND_NAMES[r.kind]:<6} {L.DTYPES[r.dtype][0]:<8} "
+              f"{r.bits:>4} {enc:<8} {shape:<8} {r.nnz:>4} {r.data_off:>8} {r.data_len:>8} {r.index_len:>9}")
 
-    quant = [r for r in records if r["kind"] == L.QUANT]
+    quant = [r for r in records if r.kind == L.QUANT]
     if not quant:
         raise SystemExit(f"{path} holds no quantized tensor to decode")
-    chosen = [r for r in records if r["name"] == args.tensor] if args.tensor else quant[:1]
+    chosen = [r for r in records if r.name == args.tensor] if args.tensor else quant[:1]
     if not chosen:
-        raise SystemExit(f"--tensor: no tensor {args.tensor!r} in {path}; it holds {[r['name'] for r in records]}")
+        raise SystemExit(f"--tensor: no tensor {args.tensor!r} in {path}; it holds {[r.name for r in records]}")
     r = chosen[0]
-    print(f"\nrecord {r['index']} ({r['name']!r}), field by field:")
-    rec = read_fields(buf, r["offset"], RECORD_FIELDS)
-    same = all(rec[name] == r[name] for _, _, name in RECORD_FIELDS)
+    print(f"\nrecord {r.index} ({r.name!r}), field by field:")
+    rec = read_fields(buf, r.offset, RECORD_FIELDS)
+    same = all(rec[name] == getattr(r, name) for _, _, name in RECORD_FIELDS)
     print(f"reference.read_record agrees with the field table: {same}")
-    print(f"name: name_pool[{r['name_off']}:{r['name_off'] + r['name_len']}] = "
-          f"{buf[names_at + r['name_off'] : names_at + r['name_off'] + r['name_len']]!r}")
-    if r["kind"] != L.QUANT:
-        raise SystemExit(f"--tensor: {r['name']!r} is passed through raw; pick a quantized one: "
-                         f"{[q['name'] for q in quant]}")
+    print(f"name: name_pool[{r.name_off}:{r.name_off + r.name_len}] = "
+          f"{buf[names_at + r.name_off : names_at + r.name_off + r.name_len]!r}")
+    if r.kind != L.QUANT:
+        raise SystemExit(f"--tensor: {r.name!r} is passed through raw; pick a quantized one: "
+                         f"{[q.name for q in quant]}")
 
     # -----------------------------------------------------------------------------------
     # Step 4. Decode that tensor by hand.
@@ -196,46 +196,46 @@ def main(argv=None) -> None:
     # A QUANT data block is `scales | index | values`. Decode each part with the
     # reference decoder's function for it, printing what it reads.
     # -----------------------------------------------------------------------------------
-    start, numel, bits = r["data_off"], r["numel"], r["bits"]
+    start, numel, bits = r.data_off, r.numel, r.bits
     scales_at = start
-    index_at = scales_at + 4 * r["scale_count"]
-    values_at = index_at + r["index_len"]
-    end = start + r["data_len"]
-    print(f"\n== step 4: decode {r['name']!r}: data block [{start}, {end}): scales at {scales_at}, "
-          f"index at {index_at} ({r['index_len']} bytes), values at {values_at} ({end - values_at} bytes)")
+    index_at = scales_at + 4 * r.scale_count
+    values_at = index_at + r.index_len
+    end = start + r.data_len
+    print(f"\n== step 4: decode {r.name!r}: data block [{start}, {end}): scales at {scales_at}, "
+          f"index at {index_at} ({r.index_len} bytes), values at {values_at} ({end - values_at} bytes)")
     hexdump(buf, start, end)
 
     # 4a. Data CRC first, as a port would before touching the block.
     crc = zlib.crc32(buf[start:end])
-    print(f"4a. CRC-32 of the block = 0x{crc:08x}; data_crc {'matches' if crc == r['data_crc'] else 'DIFFERS'}")
+    print(f"4a. CRC-32 of the block = 0x{crc:08x}; data_crc {'matches' if crc == r.data_crc else 'DIFFERS'}")
 
     # 4b. Scales: scale_count float32, one per output channel (axis 0) or one in all.
-    scales = ref.read_scales(buf, scales_at, r["scale_count"], bits)
+    scales = ref.read_scales(buf, scales_at, r.scale_count, bits)
     qmax = (1 << (bits - 1)) - 1
     shown = ", ".join(f"{s:.6g}" for s in scales[:8]) + (", ..." if len(scales) > 8 else "")
     print(f"4b. {len(scales)} scales (read_scales): [{shown}]; levels are in [-{qmax}, {qmax}]")
 
     # 4c. Index: where the nonzero levels are (none for DENSE).
-    enc = r["encoding"]
+    enc = r.encoding
     if enc == L.DENSE:
         positions = None
         print("4c. DENSE: no index, every level is stored")
     elif enc == L.BITMASK:
-        positions = ref.decode_bitmask(buf, index_at, numel, r["nnz"])
+        positions = ref.decode_bitmask(buf, index_at, numel, r.nnz)
         bits_str = "".join(str(ref.read_bits(buf, index_at, i, 1)) for i in range(min(numel, 128)))
         print(f"4c. BITMASK, stream bit i = bit (i & 7) of byte (i >> 3): {bits_str}{'...' if numel > 128 else ''}")
         print(f"    decode_bitmask -> {len(positions)} positions: {positions[:24]}{' ...' if len(positions) > 24 else ''}")
     else:
-        w, u = L.golomb_width(r["golomb_m"])
+        w, u = L.golomb_width(r.golomb_m)
         positions = ref.decode_golomb(buf, index_at, r)
         gaps = [p - q - 1 for q, p in zip([-1] + positions[:-1], positions)]
-        print(f"4c. GOLOMB m={r['golomb_m']} (low field {w} bits, cutoff u={u}), unary part {r['unary_bits']} bits")
+        print(f"4c. GOLOMB m={r.golomb_m} (low field {w} bits, cutoff u={u}), unary part {r.unary_bits} bits")
         print(f"    decode_golomb -> positions {positions[:16]}{' ...' if len(positions) > 16 else ''}, "
               f"gaps {gaps[:16]}{' ...' if len(gaps) > 16 else ''}")
 
     # 4d. Values: `count` fields of `bits` bits, LSB-first, two's complement. Here are
     # the first fields read by hand, then all of them with decode_levels.
-    count = numel if enc == L.DENSE else r["nnz"]
+    count = numel if enc == L.DENSE else r.nnz
     print(f"4d. {count} levels of {bits} bits at offset {values_at}; the first ones by hand:")
     for i in range(min(count, 4)):
         pos = i * bits
@@ -256,9 +256,9 @@ def main(argv=None) -> None:
     if positions is not None:
         for p, q in zip(positions, stored):
             levels[p] = q
-    per = numel // r["dims"][0] if r["scale_count"] > 1 else numel
+    per = numel // r.dims[0] if r.scale_count > 1 else numel
     values = [ref.dequantize_level(q, scales[i // per]) for i, q in enumerate(levels)]
-    shape = r["dims"][: r["rank"]]
+    shape = r.shape
     row = min(shape[-1] if shape else 1, 16)
     print(f"4e. dequantize_level(q, scale[i // {per}]) over {numel} elements; the first {row}:")
     print(f"    levels {levels[:row]}")
@@ -270,10 +270,10 @@ def main(argv=None) -> None:
     # -----------------------------------------------------------------------------------
     whole = ref.decode_tensor(buf, r)
     by_hand = torch.tensor(values, dtype=torch.float32).view(shape)
-    loaded = load(path)[r["name"]].to(torch.float32)
+    loaded = load(path)[r.name].to(torch.float32)
     same_ref = whole["values"] == values and whole["levels"] == levels
     same_load = torch.equal(by_hand.view(torch.int32), loaded.view(torch.int32))
-    print(f"\n== step 5: {r['name']!r} by hand == reference.decode_tensor: {same_ref}; "
+    print(f"\n== step 5: {r.name!r} by hand == reference.decode_tensor: {same_ref}; "
           f"== compress.load (bit for bit): {same_load}")
     full = ref.decode_file(buf)
     loaded_all = load(path)

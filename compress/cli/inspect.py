@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     meta = pf.metadata
     print(f"{args.file}: PSQ v{pf.version[0]}.{pf.version[1]}, written by {meta.get('tool', '?')}, "
           f"recipe {meta.get('recipe')}" + (", post-training quantized" if meta.get("ptq") else ""))
-    rows = [row(r["name"], r, r["data_len"]) for r in pf.records]
+    rows = [row(r.name, r, r.data_len) for r in pf.records]
     print(format_table(rows, len(pf.buf)))
     return 0

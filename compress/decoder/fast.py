@@ -40,9 +40,12 @@ from compress.format import golomb
 from compress.format import layout as L
 from compress.format.bitpack import unpack_levels
 from compress.format.errors import FormatError
+from compress.format.layout import Dtype
 
-_NUMPY = {1: np.float32, 2: np.float16, 4: np.float64, 5: np.int64, 6: np.int32, 7: np.int16,
-          8: np.int8, 9: np.uint8, 3: np.int16, 10: np.uint8}  # bf16 and bool are reinterpreted below
+# numpy's view of a stored dtype; bf16 and bool are reinterpreted in _raw
+_NUMPY = {Dtype.FLOAT32: np.float32, Dtype.FLOAT16: np.float16, Dtype.BFLOAT16: np.int16,
+          Dtype.FLOAT64: np.float64, Dtype.INT64: np.int64, Dtype.INT32: np.int32, Dtype.INT16: np.int16,
+          Dtype.INT8: np.int8, Dtype.UINT8: np.uint8, Dtype.BOOL: np.uint8}
 _TORCH = {code: getattr(torch, name) for code, (name, _, _) in L.DTYPES.items()}
 
 # Bitmask elements per chunk: large enough that the per-chunk Python overhead (~10 us) is
@@ -53,7 +56,7 @@ CHUNK = 1 << 17
 
 @dataclass
 class PackedFile:
-    """A validated file: its bytes, metadata and table records (see ``reference.read_table``)."""
+    """A validated file: its bytes, metadata and table records (``layout.Record``, see ``reference.read_table``)."""
 
     path: str
     buf: bytearray
@@ -79,20 +82,20 @@ def _parse(buf: bytearray, max_numel: int, path: str) -> PackedFile:
     return PackedFile(path, buf, (L.MAJOR, h["minor"]), meta, ref.read_table(buf, h, max_numel))
 
 
-def _raw(block: np.ndarray, r: dict, out: torch.Tensor) -> None:
-    store = r["store"]
-    if store == 10 and int(block.max(initial=0)) > 1:
-        at = r["data_off"] + int(np.argmax(block > 1))
+def _raw(block: np.ndarray, r: L.Record, out: torch.Tensor) -> None:
+    store = r.store
+    if store == Dtype.BOOL and int(block.max(initial=0)) > 1:
+        at = r.data_off + int(np.argmax(block > 1))
         raise FormatError(f"values: bool byte {int(block.max())} at offset {at}")
     arr = block.view(_NUMPY[store])
     if store in L.FLOAT_CODES:
-        wide = (arr.view(np.uint16).astype(np.uint32) << 16).view(np.float32) if store == 3 else arr
+        wide = (arr.view(np.uint16).astype(np.uint32) << 16).view(np.float32) if store == Dtype.BFLOAT16 else arr
         bad = ~np.isfinite(wide)
         if bad.any():
             size = L.DTYPES[store][1]
-            raise FormatError(f"values: non-finite {L.DTYPES[store][0]} at offset {r['data_off'] + size * int(np.argmax(bad))}")
+            raise FormatError(f"values: non-finite {L.DTYPES[store][0]} at offset {r.data_off + size * int(np.argmax(bad))}")
     t = torch.from_numpy(arr)  # a view of the file's buffer, copied (and widened) into out
-    out.view(-1).copy_(t.view(torch.bfloat16) if store == 3 else t)
+    out.view(-1).copy_(t.view(torch.bfloat16) if store == Dtype.BFLOAT16 else t)
 
 
 def _levels(buf: np.ndarray, at: int, count: int, bits: int, sparse: bool) -> np.ndarray:
@@ -125,34 +128,34 @@ def _scales(buf: np.ndarray, at: int, count: int, bits: int) -> np.ndarray:
     return s
 
 
-def decode(pf: PackedFile, r: dict, *, levels: bool = True, scratch: torch.Tensor | None = None,
+def decode(pf: PackedFile, r: L.Record, *, levels: bool = True, scratch: torch.Tensor | None = None,
            out: torch.Tensor | None = None):
     """One tensor: its values (dtype and shape of the state dict) and int8 levels (None if raw).
 
     ``levels=False`` skips the levels (``load`` needs only the values); ``scratch`` is an
     int8 tensor to reuse across calls; ``out`` is the result, preallocated (see ``_load``).
     """
-    start, n = r["data_off"], r["data_len"]
-    if zlib.crc32(memoryview(pf.buf)[start : start + n]) != r["data_crc"]:  # a view: no copy
-        raise FormatError(f"data_crc: checksum mismatch for {r['name']!r} at offset {start}")
+    start, n = r.data_off, r.data_len
+    if zlib.crc32(memoryview(pf.buf)[start : start + n]) != r.data_crc:  # a view: no copy
+        raise FormatError(f"data_crc: checksum mismatch for {r.name!r} at offset {start}")
     block = np.frombuffer(pf.buf, np.uint8, n, start)
-    shape = tuple(r["dims"][: r["rank"]])
+    shape = r.shape
     if out is None:
-        out = torch.empty(shape, dtype=_TORCH[r["dtype"]])
-    if r["kind"] == L.RAW:
+        out = torch.empty(shape, dtype=_TORCH[r.dtype])
+    if r.kind == L.RAW:
         _raw(block, r, out)
         return out, None
-    numel, bits, nnz, enc, sc = r["numel"], r["bits"], r["nnz"], r["encoding"], r["scale_count"]
+    numel, bits, nnz, enc, sc = r.numel, r.bits, r.nnz, r.encoding, r.scale_count
     scales = torch.from_numpy(_scales(block, start, sc, bits))
-    idx_at, val_at = 4 * sc, 4 * sc + r["index_len"]
+    idx_at, val_at = 4 * sc, 4 * sc + r.index_len
     index, values = block[idx_at:val_at], block[val_at:]
     stored = _levels(values, start + val_at, numel if enc == L.DENSE else nnz, bits, enc != L.DENSE)
     if enc == L.DENSE and int(np.count_nonzero(stored)) != nnz:
-        raise FormatError(f"nnz: {nnz} does not match the dense values at offset {r['offset'] + 48}")
+        raise ref.record_error(r, "nnz", f"{nnz} does not match the dense values")
     if enc == L.BITMASK and numel % 8 and int(index[-1]) >> (numel % 8):
         raise FormatError(f"index: nonzero pad bits at offset {start + val_at - 1}")
     if enc == L.GOLOMB:
-        where = golomb.decode(index, r["golomb_m"], r["unary_bits"], nnz, numel, start + idx_at)
+        where = golomb.decode(index, r.golomb_m, r.unary_bits, nnz, numel, start + idx_at)
     stored = torch.from_numpy(stored)
     if enc == L.DENSE:
         q = stored
@@ -229,10 +232,10 @@ def _load(pf: PackedFile) -> dict:
     # malloc return the heap's free memory to the OS, and the outputs would then fault in fresh
     # pages (a few microseconds per 4 KiB, more than decoding them). Nothing is written yet, so
     # this costs nothing on memory that the cap on numel (read_table) does not already allow.
-    outs = [torch.empty(tuple(r["dims"][: r["rank"]]), dtype=_TORCH[r["dtype"]]) for r in pf.records]
-    size = max((r["numel"] for r in pf.records if r["kind"] == L.QUANT), default=0)
+    outs = [torch.empty(r.shape, dtype=_TORCH[r.dtype]) for r in pf.records]
+    size = max((r.numel for r in pf.records if r.kind == L.QUANT), default=0)
     scratch = torch.empty(size, dtype=torch.int8)  # the levels of every quantized tensor in turn
-    return {r["name"]: decode(pf, r, levels=False, scratch=scratch, out=o)[0] for r, o in zip(pf.records, outs)}
+    return {r.name: decode(pf, r, levels=False, scratch=scratch, out=o)[0] for r, o in zip(pf.records, outs)}
 
 
 def _read(path) -> bytearray:

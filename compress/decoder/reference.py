@@ -6,6 +6,11 @@ reads, loops and shifts, with every size checked against the buffer before use. 
 integers never overflow, so each place where the C port must use a wider type or an
 overflow check is marked ``C:``. CRC-32 is zlib's (``crc32()`` in C).
 
+A table record is a ``layout.Record`` (C: ``psq_record``, one field per member). An error
+names the field and the byte offset where it was found; for a header or record field the
+offset is the field's own, from ``layout.HEADER_OFFSETS`` and ``layout.RECORD_OFFSETS``
+(``header_error``, ``record_error``), so that it is written down once.
+
 Example:
     >>> import torch, compress
     >>> from compress.export import pack
@@ -26,6 +31,20 @@ from compress.format.errors import FormatError
 from compress.format.metadata import parse as parse_metadata
 
 
+def header_error(field: str, what: str) -> FormatError:
+    """The error for header field ``field``, named at its offset (``HEADER_OFFSETS``).
+
+    C: ``fail(err, code, "field", offset, detail)``; the offsets of psq.c's calls are these.
+    """
+    return FormatError(f"{field}: {what} at offset {L.HEADER_OFFSETS[field]}")
+
+
+def record_error(r: L.Record, field: str, what: str) -> FormatError:
+    """The error for field ``field`` of record ``r``: at the record's offset plus the field's
+    (``RECORD_OFFSETS``), so that a port names the byte it read the bad value from."""
+    return FormatError(f"{field}: {what} at offset {r.offset + L.RECORD_OFFSETS[field]}")
+
+
 def read_uint(buf: bytes, off: int, width: int, field: str) -> int:
     """``uint64_t read_uint(const uint8_t *buf, size_t len, size_t off, int width)``.
 
@@ -42,21 +61,21 @@ def read_header(buf: bytes) -> dict:
         raise FormatError(f"header: file is {len(buf)} bytes, needs at least {L.HEADER.size} at offset 0")
     magic, major, minor, flags, n, meta_len, file_len, names_len, meta_crc, table_crc, hcrc = L.HEADER.unpack_from(buf, 0)
     if magic != L.MAGIC:
-        raise FormatError(f"magic: expected {L.MAGIC!r}, found {magic!r} at offset 0")
-    if zlib.crc32(buf[: L.HEADER_CRC_SPAN]) != hcrc:
-        raise FormatError(f"header_crc: checksum mismatch at offset {L.HEADER_CRC_SPAN}")
+        raise header_error("magic", f"expected {L.MAGIC!r}, found {magic!r}")
+    if zlib.crc32(buf[: L.HEADER_CRC_SPAN]) != hcrc:  # before any other field is trusted
+        raise header_error("header_crc", "checksum mismatch")
     if major != L.MAJOR:
-        raise FormatError(f"major: version {major}.{minor} is not readable by a v{L.MAJOR} reader at offset 8")
+        raise header_error("major", f"version {major}.{minor} is not readable by a v{L.MAJOR} reader")
     if flags != 0:
-        raise FormatError(f"flags: unknown required features 0x{flags:08x} at offset 12")
+        raise header_error("flags", f"unknown required features 0x{flags:08x}")
     if file_len != len(buf):
-        raise FormatError(f"file_len: header says {file_len} bytes, file has {len(buf)} at offset 24")
+        raise header_error("file_len", f"header says {file_len} bytes, file has {len(buf)}")
     if meta_len > L.MAX_META:
-        raise FormatError(f"meta_len: {meta_len} exceeds {L.MAX_META} at offset 20")
+        raise header_error("meta_len", f"{meta_len} exceeds {L.MAX_META}")
     # C: compute in uint64_t; n <= 2^32 and RECORD.size = 88 cannot overflow it.
     table_end = L.HEADER.size + meta_len + n * L.RECORD.size + names_len
     if table_end > file_len:
-        raise FormatError(f"n_tensors: table of {n} records and {names_len} name bytes runs past the end at offset 16")
+        raise header_error("n_tensors", f"table of {n} records and {names_len} name bytes runs past the end")
     return {"n_tensors": n, "meta_len": meta_len, "names_len": names_len, "file_len": file_len,
             "meta_crc": meta_crc, "table_crc": table_crc, "minor": minor, "table_end": table_end}
 
@@ -80,57 +99,56 @@ def check_zero(buf: bytes, start: int, end: int, field: str) -> None:
             raise FormatError(f"{field}: nonzero padding byte at offset {i}")
 
 
-def read_record(buf: bytes, off: int, i: int) -> dict:
-    """``int read_record(const uint8_t *buf, size_t off, psq_record *r)``: one 88-byte record, unvalidated."""
-    f = L.RECORD.unpack_from(buf, off)
-    return {"name_off": f[0], "name_len": f[1], "rank": f[2], "kind": f[3], "dtype": f[4], "store": f[5],
-            "bits": f[6], "encoding": f[7], "scale_count": f[8], "golomb_m": f[9], "unary_bits": f[10],
-            "dims": list(f[11:17]), "nnz": f[17], "data_off": f[18], "data_len": f[19], "index_len": f[20],
-            "data_crc": f[21], "reserved": f[22], "offset": off, "index": i}
+def read_record(buf: bytes, off: int, i: int) -> L.Record:
+    """``int read_record(const uint8_t *buf, size_t off, psq_record *r)``: one 88-byte record, unvalidated.
+
+    C: read each field with a fixed-width little-endian load at ``off + RECORD_OFFSETS[field]``.
+    """
+    return L.Record.unpack_from(buf, off, i)
 
 
-def check_record(r: dict, expect_off: int, file_len: int) -> int:
+def check_record(r: L.Record, expect_off: int, file_len: int) -> int:
     """``int check_record(const psq_record *r, uint64_t expect_off, uint64_t file_len, uint64_t *numel)``.
 
     Checks every field of one record against the spec; returns ``numel``. C: ``numel``
     is a product of up to six u32 dims: check each multiply against the cap first.
     """
-    at, dims, rank = r["offset"], r["dims"], r["rank"]
-    if rank > L.MAX_RANK or any(d != 0 for d in dims[rank:]):
-        raise FormatError(f"rank: {rank} or its unused dims are invalid at offset {at + 6}")
+    if r.rank > L.MAX_RANK or any(d != 0 for d in r.dims[r.rank :]):
+        raise record_error(r, "rank", f"{r.rank} or its unused dims are invalid")
     numel = 1
-    for d in dims[:rank]:
+    for d in r.dims[: r.rank]:
         numel *= d
         if numel > L.MAX_NUMEL:
-            raise FormatError(f"dims: element count exceeds {L.MAX_NUMEL} at offset {at + 24}")
-    if r["data_off"] != expect_off or r["data_len"] > file_len - expect_off:
-        raise FormatError(f"data_off: block [{r['data_off']}, +{r['data_len']}) expected at {expect_off} at offset {at + 56}")
-    if r["dtype"] not in L.DTYPES or r["reserved"] != 0:
-        raise FormatError(f"dtype: unknown code {r['dtype']} (or reserved set) at offset {at + 8}")
-    if r["kind"] == L.RAW:
-        ok = r["store"] == r["dtype"] or (r["store"] == L.F16 and r["dtype"] == L.F32)
-        unused = (r["bits"], r["encoding"], r["scale_count"], r["golomb_m"], r["unary_bits"], r["nnz"], r["index_len"])
+            raise record_error(r, "dims", f"element count exceeds {L.MAX_NUMEL}")
+    if r.data_off != expect_off or r.data_len > file_len - expect_off:
+        raise record_error(r, "data_off", f"block [{r.data_off}, +{r.data_len}) expected at {expect_off}")
+    if r.dtype not in L.DTYPES or r.reserved != 0:  # a set reserved is reported as dtype (psq.c does too)
+        raise record_error(r, "dtype", f"unknown code {r.dtype} (or reserved set)")
+    if r.kind == L.RAW:
+        # float32 may be stored as float16 (the reader widens it back); any other dtype as itself
+        ok = r.store == r.dtype or (r.store == L.F16 and r.dtype == L.F32)
+        unused = (r.bits, r.encoding, r.scale_count, r.golomb_m, r.unary_bits, r.nnz, r.index_len)
         if not ok or any(unused):
-            raise FormatError(f"store: invalid raw record (store {r['store']}, unused fields set) at offset {at + 9}")
-        if r["data_len"] != numel * L.DTYPES[r["store"]][1]:
-            raise FormatError(f"data_len: {r['data_len']} != numel * itemsize at offset {at + 64}")
+            raise record_error(r, "store", f"invalid raw record (store {r.store}, unused fields set)")
+        if r.data_len != numel * L.DTYPES[r.store][1]:
+            raise record_error(r, "data_len", f"{r.data_len} != numel * itemsize")
         return numel
-    if r["kind"] != L.QUANT or r["store"] != 0 or r["dtype"] not in L.FLOAT_CODES or numel == 0:
-        raise FormatError(f"kind: invalid quantized record (kind {r['kind']}, numel {numel}) at offset {at + 7}")
+    if r.kind != L.QUANT or r.store != L.QUANT_STORE or r.dtype not in L.FLOAT_CODES or numel == 0:
+        raise record_error(r, "kind", f"invalid quantized record (kind {r.kind}, numel {numel})")
     check_quant_fields(r, numel)
     return numel
 
 
-def check_quant_fields(r: dict, numel: int) -> None:
+def check_quant_fields(r: L.Record, numel: int) -> None:
     """``int check_quant_fields(const psq_record *r, uint64_t numel)``: bits, encoding, sizes."""
-    at, bits, enc, nnz = r["offset"], r["bits"], r["encoding"], r["nnz"]
+    bits, enc, nnz = r.bits, r.encoding, r.nnz
     if not 2 <= bits <= 8:
-        raise FormatError(f"bits: {bits} not in [2, 8] at offset {at + 10}")
-    if r["scale_count"] not in (1, r["dims"][0] if r["rank"] else 1):
-        raise FormatError(f"scale_count: {r['scale_count']} is neither 1 nor dims[0] at offset {at + 12}")
+        raise record_error(r, "bits", f"{bits} not in [2, 8]")
+    if r.scale_count not in (1, r.dims[0] if r.rank else 1):  # per tensor, or per output channel
+        raise record_error(r, "scale_count", f"{r.scale_count} is neither 1 nor dims[0]")
     if nnz > numel:
-        raise FormatError(f"nnz: {nnz} exceeds numel {numel} at offset {at + 48}")
-    m, ub, ilen = r["golomb_m"], r["unary_bits"], r["index_len"]
+        raise record_error(r, "nnz", f"{nnz} exceeds numel {numel}")
+    m, ub, ilen = r.golomb_m, r.unary_bits, r.index_len
     if enc == L.DENSE:
         bad, count = m or ub or ilen, numel
     elif enc == L.BITMASK:
@@ -140,11 +158,11 @@ def check_quant_fields(r: dict, numel: int) -> None:
         # C: ub and nnz * w are < 2^31 * 8 here only after this check; use uint64_t.
         bad, count = not 1 <= m <= max(1, numel) or ub < nnz or ub + nnz * w > 8 * ilen, nnz
     else:
-        raise FormatError(f"encoding: unknown code {enc} at offset {at + 11}")
+        raise record_error(r, "encoding", f"unknown code {enc}")
     if bad:
-        raise FormatError(f"index_len: index fields inconsistent for encoding {enc} at offset {at + 72}")
-    if r["data_len"] != 4 * r["scale_count"] + ilen + L.values_len(count, bits):
-        raise FormatError(f"data_len: {r['data_len']} does not match scales + index + values at offset {at + 64}")
+        raise record_error(r, "index_len", f"index fields inconsistent for encoding {enc}")
+    if r.data_len != 4 * r.scale_count + ilen + L.values_len(count, bits):
+        raise record_error(r, "data_len", f"{r.data_len} does not match scales + index + values")
 
 
 def read_table(buf: bytes, h: dict, max_numel: int = L.MAX_NUMEL) -> list:
@@ -158,26 +176,27 @@ def read_table(buf: bytes, h: dict, max_numel: int = L.MAX_NUMEL) -> list:
     check_zero(buf, h["table_end"], min(expect, h["file_len"]), "padding")
     for i in range(h["n_tensors"]):
         r = read_record(buf, start + i * L.RECORD.size, i)
-        if r["name_off"] != name_off or not 1 <= r["name_len"] <= min(L.MAX_NAME, h["names_len"] - name_off):
-            raise FormatError(f"name_off: name [{r['name_off']}, +{r['name_len']}) not contiguous at offset {r['offset']}")
+        if r.name_off != name_off or not 1 <= r.name_len <= min(L.MAX_NAME, h["names_len"] - name_off):
+            raise record_error(r, "name_off", f"name [{r.name_off}, +{r.name_len}) not contiguous")
+        at = names_at + name_off
         try:
-            r["name"] = buf[names_at + name_off : names_at + name_off + r["name_len"]].decode("utf-8")
+            name = buf[at : at + r.name_len].decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError(f"name: not UTF-8 at offset {names_at + name_off}") from None
-        if r["name"] in seen:  # C: sort the names, or hash them, to find duplicates
-            raise FormatError(f"name: duplicate tensor name {r['name']!r} at offset {names_at + name_off}")
-        seen.add(r["name"])
-        name_off += r["name_len"]
-        r["numel"] = check_record(r, expect, h["file_len"])
-        total += r["numel"]
+            raise FormatError(f"name: not UTF-8 at offset {at}") from None
+        if name in seen:  # C: sort the names, or hash them, to find duplicates
+            raise FormatError(f"name: duplicate tensor name {name!r} at offset {at}")
+        seen.add(name)
+        r = r._replace(name=name)  # C: the name is (names_at + name_off, name_len); no copy
+        name_off += r.name_len
+        total += check_record(r, expect, h["file_len"])
         if total > max_numel:
-            raise FormatError(f"dims: total element count exceeds the cap {max_numel} at offset {r['offset'] + 24}")
-        end = expect + r["data_len"]
+            raise record_error(r, "dims", f"total element count exceeds the cap {max_numel}")
+        end = expect + r.data_len
         expect = L.align(end) if i + 1 < h["n_tensors"] else end
         check_zero(buf, end, min(expect, h["file_len"]), "padding")
         records.append(r)
     if name_off != h["names_len"] or expect != h["file_len"]:
-        raise FormatError(f"file_len: layout ends at {expect} (names {name_off}), file is {h['file_len']} at offset 24")
+        raise header_error("file_len", f"layout ends at {expect} (names {name_off}), file is {h['file_len']}")
     return records
 
 
@@ -246,14 +265,14 @@ def decode_bitmask(buf: bytes, at: int, numel: int, nnz: int) -> list:
     return positions
 
 
-def decode_golomb(buf: bytes, at: int, r: dict) -> list:
+def decode_golomb(buf: bytes, at: int, r: L.Record) -> list:
     """``int decode_golomb(const uint8_t *buf, size_t at, const psq_record *r, uint64_t *pos)``.
 
     Gap ``g = pos - prev - 1`` (``prev`` starts at -1) is ``q * m + rem``: ``q`` zeros then
     a one in the unary stream, ``rem`` truncated-binary split into a ``w``-bit low field
     and, when ``low >= u``, one extra bit. C: check ``q <= numel`` before ``q * m``.
     """
-    m, ub, nnz, numel, ilen = r["golomb_m"], r["unary_bits"], r["nnz"], r["numel"], r["index_len"]
+    m, ub, nnz, numel, ilen = r.golomb_m, r.unary_bits, r.nnz, r.numel, r.index_len
     w, u = L.golomb_width(m)
     ucur, ecur, pos, positions = 0, ub + nnz * w, -1, []
     for i in range(nnz):
@@ -326,24 +345,24 @@ def cast_value(v: float, dtype: int) -> float:
     float32 and float64 keep it exactly; float16 and bfloat16 round it to nearest, ties to even
     (the C decoder stores the 16-bit patterns; here they are read back as Python floats).
     """
-    if dtype == L.F16:
+    if dtype == L.Dtype.FLOAT16:
         return struct.unpack("<e", struct.pack("<H", f32_to_f16(struct.unpack("<I", struct.pack("<f", v))[0])))[0]
-    if dtype == 3:  # bfloat16
+    if dtype == L.Dtype.BFLOAT16:
         bits = f32_to_bf16(struct.unpack("<I", struct.pack("<f", v))[0])
         return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
     return v
 
 
-def decode_raw(buf: bytes, r: dict) -> list:
+def decode_raw(buf: bytes, r: L.Record) -> list:
     """``int decode_raw(const uint8_t *buf, const psq_record *r, void *out)``: a passthrough tensor.
 
     C: ``data_off`` is 8-aligned, but the buffer itself may not be: read each value with
     ``memcpy`` into a local (no casts of ``buf + off`` to ``float *``), then fix the byte
     order on a big-endian host.
     """
-    name, size, char = L.DTYPES[r["store"]]
-    at, out = r["data_off"], []
-    for i in range(r["numel"]):
+    name, size, char = L.DTYPES[r.store]
+    at, out = r.data_off, []
+    for i in range(r.numel):
         if char is None:  # bfloat16: the high half of a float32
             v = struct.unpack("<f", struct.pack("<I", read_uint(buf, at + 2 * i, 2, "values") << 16))[0]
         elif char == "?":
@@ -353,37 +372,37 @@ def decode_raw(buf: bytes, r: dict) -> list:
             v = bool(v)
         else:
             (v,) = struct.unpack_from("<" + char, buf, at + size * i)
-        if r["store"] in L.FLOAT_CODES and v - v != 0:  # NaN or +-Inf
+        if r.store in L.FLOAT_CODES and v - v != 0:  # NaN or +-Inf
             raise FormatError(f"values: non-finite {name} at offset {at + size * i}")
         out.append(v)
     return out
 
 
-def decode_tensor(buf: bytes, r: dict) -> dict:
+def decode_tensor(buf: bytes, r: L.Record) -> dict:
     """``int decode_tensor(const uint8_t *buf, const psq_record *r, psq_tensor *out)``."""
-    if zlib.crc32(buf[r["data_off"] : r["data_off"] + r["data_len"]]) != r["data_crc"]:
-        raise FormatError(f"data_crc: checksum mismatch for {r['name']!r} at offset {r['data_off']}")
-    out = {"name": r["name"], "shape": r["dims"][: r["rank"]], "dtype": L.DTYPES[r["dtype"]][0],
-           "kind": L.KIND_NAMES[r["kind"]], "bits": r["bits"], "nnz": r["nnz"], "scales": None, "levels": None}
-    if r["kind"] == L.RAW:
+    if zlib.crc32(buf[r.data_off : r.data_off + r.data_len]) != r.data_crc:
+        raise FormatError(f"data_crc: checksum mismatch for {r.name!r} at offset {r.data_off}")
+    out = {"name": r.name, "shape": list(r.shape), "dtype": L.DTYPES[r.dtype][0],
+           "kind": L.KIND_NAMES[r.kind], "bits": r.bits, "nnz": r.nnz, "scales": None, "levels": None}
+    if r.kind == L.RAW:
         out.update(encoding=None, values=decode_raw(buf, r))
         return out
-    numel, bits, enc = r["numel"], r["bits"], r["encoding"]
-    scales = read_scales(buf, r["data_off"], r["scale_count"], bits)
-    idx_at = r["data_off"] + 4 * r["scale_count"]
-    val_at = idx_at + r["index_len"]
+    numel, bits, enc = r.numel, r.bits, r.encoding
+    scales = read_scales(buf, r.data_off, r.scale_count, bits)
+    idx_at = r.data_off + 4 * r.scale_count
+    val_at = idx_at + r.index_len
     if enc == L.DENSE:
         levels = decode_levels(buf, val_at, numel, bits, False)
-        if sum(1 for v in levels if v) != r["nnz"]:
-            raise FormatError(f"nnz: {r['nnz']} does not match the dense values at offset {r['offset'] + 48}")
+        if sum(1 for v in levels if v) != r.nnz:  # the record's nnz is wrong: named at that field
+            raise record_error(r, "nnz", f"{r.nnz} does not match the dense values")
     else:
-        positions = decode_bitmask(buf, idx_at, numel, r["nnz"]) if enc == L.BITMASK else decode_golomb(buf, idx_at, r)
-        stored = decode_levels(buf, val_at, r["nnz"], bits, True)
+        positions = decode_bitmask(buf, idx_at, numel, r.nnz) if enc == L.BITMASK else decode_golomb(buf, idx_at, r)
+        stored = decode_levels(buf, val_at, r.nnz, bits, True)
         levels = [0] * numel  # C: numel was capped in check_record before this allocation
         for p, v in zip(positions, stored):
             levels[p] = v
-    per = numel // r["dims"][0] if r["scale_count"] > 1 else numel
-    values = [cast_value(dequantize_level(q, scales[i // per]), r["dtype"]) for i, q in enumerate(levels)]
+    per = numel // r.dims[0] if r.scale_count > 1 else numel
+    values = [cast_value(dequantize_level(q, scales[i // per]), r.dtype) for i, q in enumerate(levels)]
     out.update(encoding=L.ENCODING_NAMES[enc], scales=scales, levels=levels, values=values)
     return out
 

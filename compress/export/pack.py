@@ -23,7 +23,7 @@ from compress.atomic import write_bytes
 from compress.export.sources import resolve
 from compress.format import layout as L
 from compress.format import metadata as M
-from compress.format.encode import encode_quant, encode_raw
+from compress.format.encode import Encoded, encode_quant, encode_raw
 from compress.format.stats import format_table, row
 from compress.format.writer import chunks
 from compress.quant import grid
@@ -80,7 +80,7 @@ def _scale_for(name: str, w: torch.Tensor, bits: int, scale, granularity: str) -
     return scale
 
 
-def _encode_quant(name: str, t: torch.Tensor, bits: int, scale, granularity: str) -> dict:
+def _encode_quant(name: str, t: torch.Tensor, bits: int, scale, granularity: str) -> Encoded:
     if not t.is_floating_point():
         raise TypeError(f"tensor {name!r} is {t.dtype}; only floating tensors can be quantized")
     w = t.detach().to("cpu", torch.float32)
@@ -97,7 +97,7 @@ def _encode_quant(name: str, t: torch.Tensor, bits: int, scale, granularity: str
     return encode_quant(q.numpy(), tuple(t.shape), bits, scales, _dtype_code(t, name))
 
 
-def _encode_raw(name: str, t: torch.Tensor, passthrough: torch.dtype) -> dict:
+def _encode_raw(name: str, t: torch.Tensor, passthrough: torch.dtype) -> Encoded:
     code = _dtype_code(t, name)
     t = t.detach().cpu().contiguous()
     store = code
@@ -165,10 +165,10 @@ def pack(source, path, *, callbacks=None, bits=None, targets=None, scales=None, 
         _check_finite(t, name)
         _check_mask(name, t, res.masks.get(name))
         if name in res.bits and t.numel():  # empty tensors pass through: nothing to quantize
-            fields = _encode_quant(name, t, res.bits[name], res.scales.get(name), granularity)
+            encoded = _encode_quant(name, t, res.bits[name], res.scales.get(name), granularity)
         else:
-            fields = _encode_raw(name, t, PASSTHROUGH[passthrough_dtype])
-        entries.append((name, fields))
+            encoded = _encode_raw(name, t, PASSTHROUGH[passthrough_dtype])
+        entries.append((name, encoded))
     path = os.fspath(path)
     size = write_bytes(path, chunks(entries, meta_bytes))
-    return PackSummary(path, [row(n, f, len(f["block"])) for n, f in entries], size)
+    return PackSummary(path, [row(n, e.record, len(e.block)) for n, e in entries], size)

@@ -81,16 +81,16 @@ def verify(file: str | os.PathLike | PackedFile, checkpoint, *, bits: int | None
         raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
     pf = file if isinstance(file, PackedFile) else read_file(os.fspath(file))
     res = resolve(checkpoint, bits=bits, trust_checkpoint=trust_checkpoint)
-    names = {r["name"] for r in pf.records}
+    names = {r.name for r in pf.records}
     bad = [Mismatch(n, "missing_from_file") for n in res.state_dict if n not in names]
     for r in pf.records:
-        name = r["name"]
+        name = r.name
         if name not in res.state_dict:
             bad.append(Mismatch(name, "missing_from_checkpoint"))
             continue
         got, _ = decode(pf, r)
         w = res.state_dict[name].detach().cpu()
-        if (r["kind"] == L.QUANT) != (name in res.bits and w.numel() > 0):  # empty tensors pass through
+        if (r.kind == L.QUANT) != (name in res.bits and w.numel() > 0):  # empty tensors pass through
             bad.append(Mismatch(name, "quantized_in_one"))
             continue
         if got.shape != w.shape:  # before quantizing: the checkpoint's scales may not fit this shape
@@ -102,11 +102,11 @@ def verify(file: str | os.PathLike | PackedFile, checkpoint, *, bits: int | None
     return bad
 
 
-def _expected(name: str, w: torch.Tensor, rec: dict, res, granularity: str) -> torch.Tensor:
+def _expected(name: str, w: torch.Tensor, rec: L.Record, res, granularity: str) -> torch.Tensor:
     """What the file should hold for ``name``: the quantized weight, or the passthrough tensor."""
-    if rec["kind"] == L.RAW:
-        return w.to(getattr(torch, L.DTYPES[rec["store"]][0])).to(w.dtype)
-    bits = res.bits.get(name, rec["bits"])
+    if rec.kind == L.RAW:
+        return w.to(getattr(torch, L.DTYPES[rec.store][0])).to(w.dtype)
+    bits = res.bits.get(name, rec.bits)
     s = res.scales.get(name)
     if s is None:
         s = grid.compute_scale(w, bits, granularity)

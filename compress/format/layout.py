@@ -1,32 +1,65 @@
-"""Byte layout of the packed file (PSQ v1): constants, struct layouts and dtype codes.
+"""Byte layout of the packed file (PSQ v1): field tables, struct layouts and the codes of its fields.
 
 This module is the machine-readable twin of ``FORMAT.md``; every number here is
 normative there. All fields are little-endian, fixed width, with no implicit padding.
+The header's and a record's fields are listed once, in ``HEADER_FIELDS`` and
+``RECORD_FIELDS``; the structs that read and write them and the field offsets that
+error messages report are built from those lists. The codes of a record's ``kind``,
+``dtype``/``store`` and ``encoding`` are the ``IntEnum``s ``Kind``, ``Dtype`` and
+``Encoding``; a record read from a file keeps plain ints (an unknown code is the
+decoder's to reject), which compare equal to these.
 
 Example:
     >>> from compress.format import layout
     >>> layout.HEADER.size, layout.RECORD.size
     (48, 88)
+    >>> layout.HEADER_OFFSETS["file_len"], layout.RECORD_OFFSETS["data_off"]
+    (24, 56)
     >>> layout.align(49)
     56
+    >>> layout.Dtype.BFLOAT16 == 3, layout.DTYPES[layout.Dtype.BOOL]
+    (True, ('bool', 1, '?'))
 """
 
 from __future__ import annotations
 
+import math
 import struct
+from enum import IntEnum
+from typing import NamedTuple
 
 MAGIC = b"\x89PSQ\r\n\x1a\n"  # 0x89 catches 7-bit transfers, CR LF / ^Z / LF catch text-mode mangling
 MAJOR, MINOR = 1, 0
 EXTENSION = ".psq"
-
-# magic, major, minor, flags, n_tensors, meta_len, file_len, names_len, meta_crc, table_crc, header_crc
-HEADER = struct.Struct("<8sHHIIIQIIII")
-HEADER_CRC_SPAN = HEADER.size - 4  # header_crc covers bytes [0, 44)
-
-# name_off, name_len, rank, kind, dtype, store, bits, encoding, scale_count, golomb_m,
-# unary_bits, dims[6], nnz, data_off, data_len, index_len, data_crc, reserved
-RECORD = struct.Struct("<IHBBBBBBIII6IQQQQII")
 MAX_RANK = 6
+
+# Fields in file order, as (name, struct code): FORMAT.md's "Header" and "Tensor record".
+HEADER_FIELDS = (
+    ("magic", "8s"), ("major", "H"), ("minor", "H"), ("flags", "I"), ("n_tensors", "I"), ("meta_len", "I"),
+    ("file_len", "Q"), ("names_len", "I"), ("meta_crc", "I"), ("table_crc", "I"), ("header_crc", "I"),
+)
+RECORD_FIELDS = (
+    ("name_off", "I"), ("name_len", "H"), ("rank", "B"), ("kind", "B"), ("dtype", "B"), ("store", "B"),
+    ("bits", "B"), ("encoding", "B"), ("scale_count", "I"), ("golomb_m", "I"), ("unary_bits", "I"),
+    ("dims", f"{MAX_RANK}I"), ("nnz", "Q"), ("data_off", "Q"), ("data_len", "Q"), ("index_len", "Q"),
+    ("data_crc", "I"), ("reserved", "I"),
+)
+
+
+def _offsets(fields) -> dict:
+    """``{name: byte offset}`` of fields laid out back to back (``<``: no padding)."""
+    out, at = {}, 0
+    for name, code in fields:
+        out[name] = at
+        at += struct.calcsize("<" + code)
+    return out
+
+
+HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))  # "<8sHHIIIQIIII"
+HEADER_OFFSETS = _offsets(HEADER_FIELDS)  # where each header field starts: the offset an error names
+HEADER_CRC_SPAN = HEADER_OFFSETS["header_crc"]  # header_crc covers bytes [0, 44)
+RECORD = struct.Struct("<" + "".join(code for _, code in RECORD_FIELDS))  # "<IHBBBBBBIII6IQQQQII"
+RECORD_OFFSETS = _offsets(RECORD_FIELDS)  # from the record's start; an error adds the record's offset
 
 ALIGN = 8  # data blocks start on 8-byte boundaries so f32/i64 payloads can be viewed in place
 MAX_META = 65536  # bytes of the JSON metadata blob
@@ -34,31 +67,63 @@ MAX_NAME = 1024  # bytes of one UTF-8 tensor name
 MAX_NUMEL = 1 << 28  # default reader cap on the summed element count of all tensors (1 GiB as f32)
 MAX_FLOAT32 = 3.4028234663852886e38  # FLT_MAX
 
-# kind
-RAW, QUANT = 0, 1
-KIND_NAMES = {RAW: "raw", QUANT: "quant"}
 
-# encoding of a QUANT tensor's index
-DENSE, BITMASK, GOLOMB = 0, 1, 2
-ENCODING_NAMES = {DENSE: "dense", BITMASK: "bitmask", GOLOMB: "golomb"}
+class Kind(IntEnum):
+    """A record's ``kind``: how its data block holds the tensor."""
 
-# dtype code -> (name, itemsize, struct char). The struct char is what the reference
-# decoder unpacks with; bf16 has none (it is widened to f32 by a 16-bit shift).
+    RAW = 0  # passthrough: numel values of ``store``
+    QUANT = 1  # integer levels on a grid: scales | index | values
+
+
+class Encoding(IntEnum):
+    """A QUANT record's ``encoding``: how its index says where the nonzero levels are."""
+
+    DENSE = 0  # no index: every level is stored
+    BITMASK = 1  # one bit per element
+    GOLOMB = 2  # Golomb-coded gaps between nonzero positions
+
+
+class Dtype(IntEnum):
+    """A record's ``dtype`` (the state dict's) and, for a RAW record, its ``store`` (what is on disk)."""
+
+    FLOAT32 = 1
+    FLOAT16 = 2
+    BFLOAT16 = 3
+    FLOAT64 = 4
+    INT64 = 5
+    INT32 = 6
+    INT16 = 7
+    INT8 = 8
+    UINT8 = 9
+    BOOL = 10
+
+
+QUANT_STORE = 0  # a QUANT record's ``store``: its block is no one dtype (RAW: a Dtype)
+
+# Short names for the members, as the encoder and the decoders spell them.
+RAW, QUANT = Kind.RAW, Kind.QUANT
+DENSE, BITMASK, GOLOMB = Encoding.DENSE, Encoding.BITMASK, Encoding.GOLOMB
+F32, F16 = Dtype.FLOAT32, Dtype.FLOAT16
+KIND_NAMES = {k: k.name.lower() for k in Kind}  # {RAW: "raw", QUANT: "quant"}
+ENCODING_NAMES = {e: e.name.lower() for e in Encoding}  # {DENSE: "dense", ...}
+
+# dtype code -> (name, itemsize, struct char). The name is torch's and numpy's; the struct
+# char is what the reference decoder unpacks with; bf16 has none (it is widened to f32 by
+# a 16-bit shift).
 DTYPES = {
-    1: ("float32", 4, "f"),
-    2: ("float16", 2, "e"),
-    3: ("bfloat16", 2, None),
-    4: ("float64", 8, "d"),
-    5: ("int64", 8, "q"),
-    6: ("int32", 4, "i"),
-    7: ("int16", 2, "h"),
-    8: ("int8", 1, "b"),
-    9: ("uint8", 1, "B"),
-    10: ("bool", 1, "?"),
+    Dtype.FLOAT32: ("float32", 4, "f"),
+    Dtype.FLOAT16: ("float16", 2, "e"),
+    Dtype.BFLOAT16: ("bfloat16", 2, None),
+    Dtype.FLOAT64: ("float64", 8, "d"),
+    Dtype.INT64: ("int64", 8, "q"),
+    Dtype.INT32: ("int32", 4, "i"),
+    Dtype.INT16: ("int16", 2, "h"),
+    Dtype.INT8: ("int8", 1, "b"),
+    Dtype.UINT8: ("uint8", 1, "B"),
+    Dtype.BOOL: ("bool", 1, "?"),
 }
 DTYPE_CODES = {name: code for code, (name, _, _) in DTYPES.items()}
-FLOAT_CODES = (1, 2, 3, 4)
-F32, F16 = 1, 2
+FLOAT_CODES = (Dtype.FLOAT32, Dtype.FLOAT16, Dtype.BFLOAT16, Dtype.FLOAT64)  # a QUANT record's dtypes
 
 
 def align(n: int) -> int:
@@ -86,3 +151,79 @@ def golomb_width(m: int) -> tuple[int, int]:
 def values_len(count: int, bits: int) -> int:
     """Bytes of ``count`` densely packed ``bits``-wide fields."""
     return (count * bits + 7) // 8
+
+
+class Record(NamedTuple):
+    """One tensor-table record: its fields in file order (``RECORD_FIELDS``), then what a reader
+    knows beside them: the tensor's ``name`` from the name pool, the record's byte ``offset``
+    in the file and its ``index`` in the table.
+
+    A field the record's kind does not use is 0, as FORMAT.md requires, so an encoder names
+    only the fields it sets. Codes stay the ints that were read: an unknown one is the
+    decoder's to reject, and a known one compares equal to its ``Kind``/``Dtype``/``Encoding``.
+    ``r["kind"]`` reads a field by name, as the dict records of earlier versions did.
+
+    Example:
+        >>> r = Record(rank=2, kind=QUANT, dims=(3, 4, 0, 0, 0, 0), name="w")
+        >>> r.shape, r.numel, r.kind == Kind.QUANT, r["name"]
+        ((3, 4), 12, True, 'w')
+        >>> Record.unpack_from(r.pack(), 0) == r._replace(name="")
+        True
+    """
+
+    name_off: int = 0
+    name_len: int = 0
+    rank: int = 0
+    kind: int = RAW
+    dtype: int = 0
+    store: int = 0
+    bits: int = 0
+    encoding: int = 0
+    scale_count: int = 0
+    golomb_m: int = 0
+    unary_bits: int = 0
+    dims: tuple = (0,) * MAX_RANK  # all six; the first ``rank`` are the shape
+    nnz: int = 0
+    data_off: int = 0
+    data_len: int = 0
+    index_len: int = 0
+    data_crc: int = 0
+    reserved: int = 0
+    name: str = ""
+    offset: int = 0
+    index: int = 0
+
+    @property
+    def shape(self) -> tuple:
+        """The tensor's shape: the first ``rank`` dims (row-major)."""
+        return tuple(self.dims[: self.rank])
+
+    @property
+    def numel(self) -> int:
+        """The product of the shape (1 for rank 0)."""
+        return math.prod(self.shape)
+
+    @classmethod
+    def unpack_from(cls, buf, off: int, index: int = 0) -> Record:
+        """The record at byte ``off`` of ``buf``, unvalidated; ``name`` is left empty."""
+        f = RECORD.unpack_from(buf, off)
+        return cls(*f[:_DIMS], f[_DIMS : _DIMS + MAX_RANK], *f[_DIMS + MAX_RANK :], offset=off, index=index)
+
+    def pack(self) -> bytes:
+        """The record's 88 bytes."""
+        f = tuple.__getitem__(self, slice(len(RECORD_FIELDS)))  # the fields on disk, dims one tuple
+        return RECORD.pack(*f[:_DIMS], *f[_DIMS], *f[_DIMS + 1 :])
+
+    def __getitem__(self, key):
+        """A field by name (``r["dims"]``); an int or a slice indexes the tuple."""
+        if isinstance(key, str):
+            if key not in _KEYS:
+                raise KeyError(key)
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
+
+
+_DIMS = [name for name, _ in RECORD_FIELDS].index("dims")  # dims is one field of MAX_RANK values
+_KEYS = frozenset(Record._fields) | {"shape", "numel"}
+if Record._fields[: len(RECORD_FIELDS)] != tuple(name for name, _ in RECORD_FIELDS):
+    raise AssertionError("Record's fields must be RECORD_FIELDS, in order")

@@ -64,14 +64,12 @@ class TensorRow:
         return self.numel + 4 * self.scale_count if self.kind == "quant" else self.nbytes
 
 
-def row(name: str, f: dict, nbytes: int) -> TensorRow:
-    """A row from record fields (as written by the exporter or read by a decoder)."""
-    shape = tuple(f["dims"][: f["rank"]])
-    numel = math.prod(shape)
-    quant = f["kind"] == L.QUANT
-    return TensorRow(name, shape, "quant" if quant else "raw", L.DTYPES[f["dtype"] if quant else f["store"]][0],
-                     f["bits"], L.ENCODING_NAMES[f["encoding"]] if quant else "raw", numel,
-                     f["nnz"] if quant else numel, nbytes, f["scale_count"])
+def row(name: str, r: L.Record, nbytes: int) -> TensorRow:
+    """A row from a table record (as encoded by the exporter or read by a decoder)."""
+    quant = r.kind == L.QUANT
+    return TensorRow(name, r.shape, L.KIND_NAMES[r.kind], L.DTYPES[r.dtype if quant else r.store][0],
+                     r.bits, L.ENCODING_NAMES[r.encoding] if quant else "raw", r.numel,
+                     r.nnz if quant else r.numel, nbytes, r.scale_count)
 
 
 def format_table(rows: list, file_bytes: int) -> str:

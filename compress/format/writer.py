@@ -20,7 +20,11 @@ from compress.format import layout as L
 
 
 def table(entries: list, meta: bytes) -> tuple[bytes, bytes, list]:
-    """Header and table+names bytes, and the data blocks in order (with their padding)."""
+    """Header and table+names bytes, and the data blocks in order (with their padding).
+
+    ``entries`` is ``[(name, Encoded), ...]``; each record is placed here: its name in the
+    pool, its block at the next 8-byte boundary, the block's length and CRC.
+    """
     names = [name.encode("utf-8") for name, _ in entries]
     for (name, _), raw in zip(entries, names):
         if not 1 <= len(raw) <= L.MAX_NAME:
@@ -31,12 +35,10 @@ def table(entries: list, meta: bytes) -> tuple[bytes, bytes, list]:
     table_end = L.HEADER.size + len(meta) + L.RECORD.size * len(entries) + names_len
     off, records, blocks, name_off = L.align(table_end) if entries else table_end, [], [], 0
     blocks.append(bytes(off - table_end))
-    for i, ((_, f), raw) in enumerate(zip(entries, names)):
-        block = f["block"]
-        records.append(L.RECORD.pack(
-            name_off, len(raw), f["rank"], f["kind"], f["dtype"], f["store"], f["bits"], f["encoding"],
-            f["scale_count"], f["golomb_m"], f["unary_bits"], *f["dims"], f["nnz"], off, len(block),
-            f["index_len"], zlib.crc32(block), 0))
+    for i, ((_, (record, block)), raw) in enumerate(zip(entries, names)):
+        placed = record._replace(name_off=name_off, name_len=len(raw), data_off=off, data_len=len(block),
+                                 data_crc=zlib.crc32(block), reserved=0)
+        records.append(placed.pack())
         name_off += len(raw)
         end = off + len(block)
         off = L.align(end) if i + 1 < len(entries) else end
@@ -50,7 +52,7 @@ def table(entries: list, meta: bytes) -> tuple[bytes, bytes, list]:
 
 
 def chunks(entries: list, meta: bytes) -> Iterator[bytes]:
-    """The file's bytes as a sequence of chunks; ``entries`` is ``[(name, fields), ...]``."""
+    """The file's bytes as a sequence of chunks; ``entries`` is ``[(name, Encoded), ...]``."""
     head, body, blocks = table(entries, meta)
     yield head
     yield meta

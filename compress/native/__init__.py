@@ -279,6 +279,7 @@ class Opened:
     JSON check, in the reference's order), table. ``buf`` must stay alive and unchanged."""
 
     def __init__(self, lib, buf: bytearray, max_numel: int):
+        from compress.format.layout import HEADER
         from compress.format.metadata import parse as parse_metadata
 
         self.lib, self.buf = lib, buf
@@ -287,7 +288,8 @@ class Opened:
         ref = ctypes.byref
         _check(lib.psq_read_header(self.cbuf, len(buf), ref(self.file), ref(err)), err, lib)
         _check(lib.psq_check_metadata(ref(self.file), ref(err)), err, lib)
-        self.metadata = parse_metadata(bytes(buf[48 : 48 + self.file.meta_len]), 48)  # the host's part
+        at = HEADER.size  # the metadata follows the header
+        self.metadata = parse_metadata(bytes(buf[at : at + self.file.meta_len]), at)  # the host's part
         n = self.file.n_tensors
         work = (ctypes.c_uint32 * max(n, 1))()
         _check(lib.psq_read_table(ref(self.file), max_numel, work, n, ref(err)), err, lib)

@@ -113,6 +113,7 @@ def edge_files(gen) -> list:
     """FORMAT.md's notes: empty, scalar, all-zero, fully dense, rank 1, dims[0] = 1, rank 6, ..."""
     import torch
 
+    from compress.format.layout import Dtype
     from compress.quant import grid
 
     out = []
@@ -141,8 +142,10 @@ def edge_files(gen) -> list:
         {"b": 8}, {"b": torch.tensor(1.0 / 3)})
     # float32 products rounded into float16 / bfloat16 by the decoder (the writer's grid check
     # would refuse such weights, so these are packed as float32 and the dtype is patched)
-    for name, scale, dtype in (("f16-subnormal", 1e-7, 2), ("f16-overflow", 1000.0, 2), ("f16-ties", 1 + 2 ** -11, 2),
-                               ("bf16-ties", 1 + 2 ** -8, 3), ("bf16-overflow", 2.679e36, 3)):
+    f16, bf16 = Dtype.FLOAT16, Dtype.BFLOAT16
+    for name, scale, dtype in (("f16-subnormal", 1e-7, f16), ("f16-overflow", 1000.0, f16),
+                               ("f16-ties", 1 + 2 ** -11, f16), ("bf16-ties", 1 + 2 ** -8, bf16),
+                               ("bf16-overflow", 2.679e36, bf16)):
         sc = torch.tensor(scale)
         q = _levels(gen, (4, 64), 0.5, 8)
         data = _pack({"w": grid.dequantize(q, sc), "b": torch.ones(2)}, {"w": 8}, {"w": sc})
@@ -181,9 +184,11 @@ def retype(buf: bytes, i: int, dtype: int) -> bytes:
     """Set tensor ``i``'s dtype code and recompute the table CRC (a valid file again)."""
     import struct
 
+    from compress.format import layout as L
+
     b = bytearray(buf)
-    (meta_len,) = struct.unpack_from("<I", b, 20)
-    b[48 + meta_len + 88 * i + 8] = dtype
+    (meta_len,) = struct.unpack_from("<I", b, L.HEADER_OFFSETS["meta_len"])
+    b[L.HEADER.size + meta_len + L.RECORD.size * i + L.RECORD_OFFSETS["dtype"]] = dtype
     return resign(bytes(b))
 
 
@@ -191,23 +196,26 @@ def resign(buf: bytes) -> bytes:
     """Recompute the CRCs that the (possibly mutated) fields let us locate."""
     import struct
 
+    from compress.format import layout as L
+
+    H, R = L.HEADER_OFFSETS, L.RECORD_OFFSETS
     b = bytearray(buf)
-    if len(b) < 48:
+    if len(b) < L.HEADER.size:
         return bytes(b)
-    n, meta_len = struct.unpack_from("<II", b, 16)
-    (names_len,) = struct.unpack_from("<I", b, 32)
-    start = 48 + meta_len
+    n, meta_len = struct.unpack_from("<II", b, H["n_tensors"])
+    (names_len,) = struct.unpack_from("<I", b, H["names_len"])
+    start = L.HEADER.size + meta_len
     if start <= len(b):
-        struct.pack_into("<I", b, 36, zlib.crc32(b[48:start]))
-    table_end = start + n * 88 + names_len
+        struct.pack_into("<I", b, H["meta_crc"], zlib.crc32(b[L.HEADER.size : start]))
+    table_end = start + n * L.RECORD.size + names_len
     if table_end <= len(b):
         for i in range(n):
-            at = start + i * 88
-            off, length = struct.unpack_from("<QQ", b, at + 56)
+            at = start + i * L.RECORD.size
+            off, length = struct.unpack_from("<QQ", b, at + R["data_off"])  # data_off, data_len
             if off + length <= len(b):
-                struct.pack_into("<I", b, at + 80, zlib.crc32(b[off : off + length]))
-        struct.pack_into("<I", b, 40, zlib.crc32(b[start:table_end]))
-    struct.pack_into("<I", b, 44, zlib.crc32(b[:44]))
+                struct.pack_into("<I", b, at + R["data_crc"], zlib.crc32(b[off : off + length]))
+        struct.pack_into("<I", b, H["table_crc"], zlib.crc32(b[start:table_end]))
+    struct.pack_into("<I", b, H["header_crc"], zlib.crc32(b[: L.HEADER_CRC_SPAN]))
     return bytes(b)
 
 
