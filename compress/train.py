@@ -20,7 +20,6 @@ Each run writes into its Hydra output directory:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -28,42 +27,20 @@ import time
 from pathlib import Path
 
 from compress.atomic import write_text
+from compress.pipeline import (
+    RECIPES,
+    build_callbacks,
+    build_datamodule,
+    build_model,
+    evaluate,
+    instantiate,
+    pack_checkpoint,
+    quiet_lightning,
+    reload,
+)
 from compress.recipe_checks import ConfigError, check_config
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def _instantiate(cfg, key: str, **kwargs):
-    """``hydra.utils.instantiate`` whose errors name the config key that failed."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        # _convert_="all": plain dicts/lists reach the constructors, so hyperparameters
-        # saved in the checkpoint hold no OmegaConf objects and the checkpoint loads with
-        # torch.load(weights_only=True), as `compress export` does by default.
-        return instantiate(cfg, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__ or err
-        raise ConfigError(f"{key}: {cause}") from None
-
-
-def build_callbacks(cfg) -> list:
-    """The compression callbacks of ``cfg.compression``: a mapping name -> ``_target_`` config."""
-    callbacks = []
-    for name, sub in (cfg.get("compression") or {}).items():
-        callbacks.append(_instantiate(sub, f"compression.{name}"))
-    return callbacks
-
-
-def _evaluate(model, dm, trainer_factory) -> dict:
-    """WER/CER on every test split, one ``trainer.test`` per split."""
-    out = {}
-    for split, loader in dm.test_dataloaders().items():
-        trainer = trainer_factory()
-        (metrics,) = trainer.test(model, dataloaders=loader, verbose=False)
-        out[split] = {"wer": float(metrics["test/wer"]), "cer": float(metrics["test/cer"])}
-    return out
+__all__ = ["RECIPES", "build_callbacks", "format_results", "main", "run"]
 
 
 def _layer_table(model, bits: dict, masks: dict) -> list[dict]:
@@ -137,9 +114,6 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     from omegaconf import OmegaConf
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from compress.decoder.fast import load
-    from compress.export.pack import pack
-    from compress.export.sources import read_compression_state
     from compress.progress import RunProgress, StageTimer
 
     check_config(cfg)
@@ -150,12 +124,12 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
 
     timing = {}
     t0 = time.perf_counter()
-    dm = _instantiate(cfg.data, "data")
+    dm = build_datamodule(cfg)
     # Corpus synthesis (first run only) and features, timed apart from training.
     dm.prepare_data()
     dm.setup("fit")
     timing["data"] = time.perf_counter() - t0
-    model = _instantiate(cfg.model, "model")
+    model = build_model(cfg)
     if cfg.get("init_from"):  # fine-tune a trained model: its weights only
         from compress.checkpoint import load_weights
 
@@ -170,7 +144,7 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
         after = 2 * sum(len(loader) for loader in dm.test_dataloaders().values())
         callbacks.append(RunProgress(after_fit_batches=after))
     logger = TensorBoardLogger(save_dir=str(out), name="tb", version="")
-    trainer = _instantiate(
+    trainer = instantiate(
         cfg.trainer, "trainer", callbacks=callbacks, logger=logger, default_root_dir=str(out),
         enable_checkpointing=False,
     )
@@ -187,34 +161,22 @@ def run(cfg, output_dir: str | os.PathLike) -> dict:
     if trainer.global_rank != 0:
         return {}
 
-    # Evaluation trainers are built once per split; their start-up banner is noise here.
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-
-    def eval_trainer():
-        return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, enable_checkpointing=False)
-
+    quiet_lightning()
     model.eval()
     t0 = time.perf_counter()
-    trained = _evaluate(model, dm, eval_trainer)
+    trained = evaluate(model, dm.test_dataloaders())
     timing["test_trained"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    state = read_compression_state(checkpoint)
-    # Without a regularizer the weights were never trained toward a grid: pruned-only
-    # runs are rounded to int8 after training (post-training quantization); the fp32
-    # baseline passes through unquantized.
-    bits = None if state.has_regularizer else {name: 8 for name in state.masks}
     packed_path = out / "model.psq"
-    summary = pack(checkpoint, str(packed_path), bits=bits, recipe=str(cfg.recipe), progress=True)
+    # Pruned-only runs are rounded to int8 (post-training); fp32 passes through.
+    exported = pack_checkpoint(ckpt_path, packed_path, recipe=str(cfg.recipe), progress=True)
+    state, bits, summary = exported.state, exported.bits, exported.summary
 
-    rebuilt = _instantiate(cfg.model, "model")
-    rebuilt.load_state_dict(load(packed_path), strict=True)
-    rebuilt.eval()
+    rebuilt = reload(cfg, packed_path)
     timing["export"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    packed = _evaluate(rebuilt, dm, eval_trainer)
+    packed = evaluate(rebuilt, dm.test_dataloaders())
     timing["test_packed"] = time.perf_counter() - t0
 
     # The fp32 baseline size is that of a real torch.save file. It is written in a private

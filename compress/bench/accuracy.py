@@ -50,7 +50,7 @@ def add_arguments(parser, prefix: str = "accuracy-") -> None:
     ``python -m compress.bench.accuracy`` uses ``prefix=""``.
     """
     parser.add_argument(f"--{prefix}size", choices=("tiny", "full"), default="full",
-                        help="tiny: the experiment=tiny settings (CI); full: the default recipe (default)")
+                        help="tiny: the experiment=tiny settings (CI); full: the experiment=full recipe (default)")
     parser.add_argument(f"--{prefix}epochs", type=int, default=None,
                         help="epochs of every training (default: the recipe's)")
     parser.add_argument(f"--{prefix}jobs", type=int, default=2, help="trainings run in parallel (default 2)")
@@ -79,7 +79,8 @@ def _options(args) -> argparse.Namespace:
 
 def base_overrides(opts) -> list[str]:
     """Hydra overrides shared by every training (so model, data, epochs and seed match)."""
-    out = ["experiment=tiny"] if opts.size == "tiny" else []
+    # full: the longer recipe (experiment=full), not the quick default run.
+    out = ["experiment=tiny"] if opts.size == "tiny" else ["experiment=full"]
     out.append(f"threads={opts.threads}")
     if opts.epochs is not None:
         out.append(f"trainer.max_epochs={opts.epochs}")
@@ -93,7 +94,7 @@ def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from compress.train import RECIPES
+    from compress.pipeline import RECIPES
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
@@ -121,7 +122,6 @@ def _epoch_logger():
 
 def work(spec: dict) -> dict:
     """Train one model (unless reused), pack and evaluate its rows; writes ``rows.json``."""
-    import logging
 
     import pytorch_lightning as pl
     import torch
@@ -130,9 +130,17 @@ def work(spec: dict) -> dict:
     from compress.atomic import write_text
     from compress.bench.baselines import lightning_pruning, pack_row
     from compress.checkpoint import load_weights
-    from compress.decoder.fast import load
+    from compress.pipeline import (
+        build_callbacks,
+        build_datamodule,
+        build_model,
+        evaluate,
+        evaluate_loader,
+        instantiate,
+        quiet_lightning,
+        reload,
+    )
     from compress.targets import find_targets
-    from compress.train import _evaluate, _instantiate, build_callbacks
 
     cfg = compose_config(spec["overrides"] + [f"compression={spec['compression']}"])
     torch.set_num_threads(int(cfg.threads))
@@ -140,7 +148,7 @@ def work(spec: dict) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt, meta_path = run_dir / "model.ckpt", run_dir / "train.json"
     pl.seed_everything(int(cfg.seed), workers=True)
-    dm = _instantiate(cfg.data, "data")
+    dm = build_datamodule(cfg)
     settings = {k: spec[k] for k in ("overrides", "compression", "pruning")}
     if spec.get("init_from"):  # fine-tuning: the trained checkpoint it starts from is part of the settings
         settings["init_from"] = spec["init_from"]
@@ -157,13 +165,13 @@ def work(spec: dict) -> dict:
     elif spec.get("reuse") and ckpt.is_file() and meta.get("settings") == settings:
         print(f"reusing {ckpt}", flush=True)
     else:
-        model = _instantiate(cfg.model, "model")
+        model = build_model(cfg)
         if spec.get("init_from"):
             load_weights(model, spec["init_from"])
         callbacks = build_callbacks(cfg) + [_epoch_logger()]
         if spec["pruning"]:
             callbacks.append(lightning_pruning(model, max_epochs=int(cfg.trainer.max_epochs), **spec["pruning"]))
-        trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=False, enable_checkpointing=False,
+        trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=False, enable_checkpointing=False,
                                enable_progress_bar=False, default_root_dir=str(run_dir))
         t0 = time.perf_counter()
         trainer.fit(model, datamodule=dm)
@@ -175,14 +183,10 @@ def work(spec: dict) -> dict:
         write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
     print(READY, flush=True)  # run_jobs may start the trainings that start from this checkpoint
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-
-    def eval_trainer():
-        return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, enable_checkpointing=False)
+    quiet_lightning()
 
     sd = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    targets = [t.name for t in find_targets(_instantiate(cfg.model, "model"))]
+    targets = [t.name for t in find_targets(build_model(cfg))]
     meta["target_zeros"] = {n: [int((sd[n] == 0).sum()), sd[n].numel()] for n in targets}
     rows = []
     for row in spec["rows"]:
@@ -196,18 +200,15 @@ def work(spec: dict) -> dict:
             continue
         print(f"packing and testing {row['key']}", flush=True)
         pack_row(row, sd, ckpt, path, targets)
-        rebuilt = _instantiate(cfg.model, "model")
-        rebuilt.load_state_dict(load(path), strict=True)
-        rebuilt.eval()
+        rebuilt = reload(cfg, path)
         decoded = dict(rebuilt.named_parameters())
         zeros = sum(int((decoded[n] == 0).sum()) for n in targets)
         total = sum(decoded[n].numel() for n in targets)
-        (valid,) = eval_trainer().test(rebuilt, dataloaders=dm.val_dataloader(), verbose=False)
+        valid = evaluate_loader(rebuilt, dm.val_dataloader())
         rows.append({**row, "training": spec["name"], "bytes": path.stat().st_size,
                      "decoded_sparsity": zeros / max(total, 1), "train_seconds": meta["train_seconds"],
-                     "metrics": _evaluate(rebuilt, dm, eval_trainer),
-                     # the split variants are chosen on; never the test splits
-                     "valid": {"wer": float(valid["test/wer"]), "cer": float(valid["test/cer"])}})
+                     "metrics": evaluate(rebuilt, dm.test_dataloaders()),
+                     "valid": valid})  # the split variants are chosen on; never the test splits
         write_text(cache, json.dumps({"settings": settings, "row": row, "train_seconds": meta["train_seconds"],
                                       "result": rows[-1]}, indent=2) + "\n")
     out = {"name": spec["name"], "train": meta, "rows": rows}
@@ -395,7 +396,7 @@ def run(args=None) -> dict:
     import torch
 
     from compress.atomic import write_text
-    from compress.train import _instantiate
+    from compress.pipeline import build_datamodule
 
     opts = _options(args)
     t0 = time.perf_counter()
@@ -410,7 +411,7 @@ def run(args=None) -> dict:
     print(f"== accuracy: {opts.size} run, {int(cfg.trainer.max_epochs)} epochs, {opts.jobs} job(s) x "
           f"{opts.threads} thread(s), output {out}", flush=True)
     # Generate the corpus once here, so parallel trainings never race to write it.
-    _instantiate(cfg.data, "data", gen_workers=opts.jobs * opts.threads).prepare_data()
+    build_datamodule(cfg, gen_workers=opts.jobs * opts.threads).prepare_data()
     specs = [{**job, "overrides": base, "dir": str(runs / job["name"]), "reuse": bool(opts.reuse)}
              for job in plan(settings)]
     run_jobs(specs, opts.jobs, opts.threads, runs)

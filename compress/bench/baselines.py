@@ -238,7 +238,7 @@ def read_setting(cfg, recipe: str) -> dict:
         cfg: the composed ``recipes/train.yaml`` config with ``compression=<recipe>``.
         recipe: that compression recipe's name (the name of our row).
     """
-    from compress.train import build_callbacks
+    from compress.pipeline import build_callbacks
 
     out = {"recipe": recipe}
     for cb in build_callbacks(cfg):

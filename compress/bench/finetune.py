@@ -59,7 +59,7 @@ OPTIONS = ("size", "epochs", "jobs", "data_dir", "reuse", "seeds", "groups")
 def add_arguments(parser, prefix: str = "finetune-") -> None:
     """The section's options (``--finetune-*`` under ``python -m compress.bench``)."""
     parser.add_argument(f"--{prefix}size", choices=("tiny", "full"), default="full",
-                        help="tiny: the experiment=tiny settings (CI); full: the default recipe (default)")
+                        help="tiny: the experiment=tiny settings (CI); full: the experiment=full recipe (default)")
     parser.add_argument(f"--{prefix}epochs", type=int, default=None,
                         help=f"fine-tuning epochs of every method (default {FT_EPOCHS}; 1 for tiny)")
     parser.add_argument(f"--{prefix}jobs", type=int, default=2, help="trainings run in parallel (default 2)")
@@ -348,7 +348,7 @@ def run(args=None) -> dict:
     import torch
 
     from compress.atomic import write_text
-    from compress.train import _instantiate
+    from compress.pipeline import build_datamodule
 
     opts = _options(args if args is not None else argparse.Namespace())
     t0 = time.perf_counter()
@@ -362,7 +362,7 @@ def run(args=None) -> dict:
     cfg = accuracy.compose_config(base + ["compression=none"])
     print(f"== finetune: {opts.size} run, {int(cfg.trainer.max_epochs)} + {opts.epochs} epochs, {opts.seeds} "
           f"seed(s), groups {opts.groups}, {opts.jobs} job(s) x {opts.threads} thread(s), output {out}", flush=True)
-    _instantiate(cfg.data, "data", gen_workers=opts.jobs * opts.threads).prepare_data()
+    build_datamodule(cfg, gen_workers=opts.jobs * opts.threads).prepare_data()
     specs = [{**job, "reuse": bool(opts.reuse)} for job in plan(base, opts.seeds, opts.epochs, opts.groups, runs)]
     accuracy.run_jobs(specs, opts.jobs, opts.threads, runs)  # a fine-tuning waits for its base ("needs")
     rows = [r for s in specs for r in json.loads((Path(s["dir"]) / "rows.json").read_text())["rows"]]

@@ -4,7 +4,7 @@ Each subcommand lives in its own module under ``compress/cli/`` and exposes
 ``add_parser(subparsers)``, which registers it and sets ``func`` (a callable taking the
 parsed ``argparse.Namespace`` and returning an exit code). A command only parses its
 arguments, calls one library function and prints; the work lives in the library
-(``compress.export``, ``compress.results``), which nothing here duplicates. User mistakes
+(``compress.export``, ``compress.results``, ``compress.pipeline``), which nothing here duplicates. User mistakes
 raise ``CliError`` (or ``compress.FormatError``) and are printed as one line, without a
 traceback.
 """
@@ -17,7 +17,7 @@ import sys
 
 # Subcommand modules, in the order `--help` lists them. A module that does not exist
 # yet is skipped, so the dispatcher never breaks on a partial install.
-SUBCOMMANDS = ["export", "inspect", "verify", "export_onnx", "report"]
+SUBCOMMANDS = ["export", "inspect", "verify", "export_onnx", "report", "evaluate", "transcribe"]
 
 
 class CliError(Exception):
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="compress",
-        description="Export, inspect and verify compressed speech models.",
+        description="Export, inspect, verify, evaluate and run compressed speech models.",
     )
     parser.add_argument("--version", action="version", version=f"compress {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

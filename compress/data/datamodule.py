@@ -113,6 +113,15 @@ def collate(items, augment: SpecAugment | None = None, generator: torch.Generato
             "target_lengths": target_lengths, "texts": list(texts)}
 
 
+def eval_loader(ds: FeatureDataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Validation/test batches of ``ds``: sorted by length (minimal padding; order does not
+    matter for metrics), ``batch_size`` utterances each. ``compress evaluate`` builds its
+    loaders with it, so its batches are those of the training run's test."""
+    order = sorted(range(len(ds)), key=lambda i: ds.lengths[i])
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+
+
 class _TrainCollate:
     """Picklable collate with SpecAugment drawing from one seeded generator."""
 
@@ -204,10 +213,7 @@ class SpeechDataModule(pl.LightningDataModule):
 
     # --------------------------------------------------------------- dataloaders
     def _eval_loader(self, ds: FeatureDataset) -> DataLoader:
-        # Sorted by length: minimal padding; order does not matter for metrics.
-        order = sorted(range(len(ds)), key=lambda i: ds.lengths[i])
-        batches = [order[k:k + self.eval_batch_size] for k in range(0, len(order), self.eval_batch_size)]
-        return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
+        return eval_loader(ds, self.eval_batch_size, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from compress.data.text import VOCAB_SIZE
 from compress.models.base import ConvSubsampling, CTCMixin, SpeechModel, check_common
+from compress.models.lstm import run_lstm
 
 
 class CTCLSTM(CTCMixin, SpeechModel):
@@ -69,10 +70,14 @@ class CTCLSTM(CTCMixin, SpeechModel):
 
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor):
         x, lengths = self.frontend(features, feature_lengths)  # (B, T', C)
-        # Packing keeps the backward direction from reading padding first.
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # (B, T', H*dirs)
+        if torch.jit.is_tracing():
+            # The exporter maps a packed nn.LSTM onto the ONNX LSTM op with sequence lengths.
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # (B, T', H*dirs)
+        else:
+            # The same on every frame within a length, from padded (fused, faster) calls.
+            out = run_lstm(self.lstm, x, lengths)  # (B, T', H*dirs)
         B, T, _ = out.shape
         logits = self.head(self.dropout(out)).reshape(B, T * self.hparams.upsample, -1)  # (B, T'*k, V)
         return logits.log_softmax(-1), lengths * self.hparams.upsample

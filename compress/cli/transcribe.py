@@ -1,0 +1,42 @@
+"""``compress transcribe MODEL a.wav b.wav``: the text of each WAV file.
+
+The work is ``compress.pipeline.transcribe_files``; this module parses, calls and prints.
+
+Example:
+    >>> from compress.cli import main
+    >>> main(["transcribe", "--help"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from compress.cli.evaluate import NAMES, add_recipe_option
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "transcribe", help="transcribe WAV files with a .ckpt or .psq model",
+        description="Decode each WAV file (PCM 8/16/32-bit, any rate: resampled to 16 kHz, mixed to mono) "
+                    "with a trained model, on the recipe's features (n_mels, normalization); print one "
+                    "line per file: PATH<TAB>TEXT.")
+    add_recipe_option(p)
+    p.add_argument("audio", metavar="AUDIO", nargs="+", help="WAV files")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from compress.cli import CliError
+    from compress.errors import ArgumentError
+    from compress.pipeline import transcribe_files
+    from compress.recipe_checks import ConfigError
+
+    try:
+        texts = transcribe_files(args.model, args.audio, recipe=args.recipe)
+    except ArgumentError as err:
+        raise CliError(err.spell(NAMES)) from None
+    except ConfigError as err:
+        raise CliError(f"--recipe: {err}") from None
+    for path, text in texts:
+        print(f"{path}\t{text}")
+    return 0
