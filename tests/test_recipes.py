@@ -118,9 +118,9 @@ def test_multirun_of_two_configs_and_report(tmp_path, data_dir):
     [
         ("compression=sparse90", "Could not find 'compression/sparse90'"),
         ("compression.gradual_sparsifier.final_sparsity=1.5",
-         "compression.gradual_sparsifier.final_sparsity: expected a number in [0, 1), got 1.5"),
+         "compression.gradual_sparsifier.final_sparsity must be a number in [0, 1), got 1.5"),
         ("compression.quantization_regularizer.bits=9",
-         "compression.quantization_regularizer.bits: expected an integer in 2..8, got 9"),
+         "compression.quantization_regularizer.bits must be an integer in [2, 8], got 9"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, override, expected):
@@ -194,3 +194,26 @@ def test_init_from_fine_tunes_a_trained_checkpoint_and_refuses_another_model(tmp
         run(compose(base + ["compression=none", f"init_from={ckpt}", "model.hidden_size=16"]), tmp_path / "bad")
     with pytest.raises(ConfigError, match="init_from: no checkpoint at"):
         run(compose(base + ["compression=none", f"init_from={tmp_path / 'missing.ckpt'}"]), tmp_path / "bad2")
+
+
+def test_default_run_and_full_experiment_shapes():
+    # The quick default (make demo) and the longer run the benchmark uses.
+    cfg = compose([])
+    assert cfg.trainer.max_epochs == 6 and cfg.data.batch_size == 16
+    assert cfg.data.corpus.num_train == 8000 and cfg.threads == 2
+    assert cfg.compression.gradual_sparsifier.final_sparsity == 0.5
+    assert cfg.compression.quantization_regularizer.bits == 8
+    full = compose(["experiment=full"])
+    assert full.trainer.max_epochs == 15 and full.data.batch_size == 48
+    assert full.data.corpus.num_train == 8000 and full.model == cfg.model
+
+
+def test_benchmark_trains_the_full_experiment():
+    import argparse
+
+    from compress.bench import accuracy
+
+    opts = argparse.Namespace(size="full", threads=1, epochs=None, data_dir=None)
+    assert accuracy.base_overrides(opts)[0] == "experiment=full"
+    opts.size = "tiny"
+    assert accuracy.base_overrides(opts)[0] == "experiment=tiny"
