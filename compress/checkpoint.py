@@ -1,6 +1,11 @@
-"""Starting a run from a trained checkpoint: its weights only.
+"""The checkpoint contract of the callbacks, and starting a run from a trained checkpoint.
 
-Teams usually compress a model they already have: load a trained fp32 checkpoint, then
+Contract (ARCHITECTURE.md, "Checkpoint contract"): each callback's ``state_dict()`` is
+saved under ``checkpoint["callbacks"][state_key]``, the state key starting with the
+callback's name. The names, versions and keys below are the one definition; the
+callbacks write them and ``compress.export.sources`` reads them.
+
+Starting from a checkpoint. Teams usually compress a model they already have: load a trained fp32 checkpoint, then
 fine-tune it for a few epochs with the callbacks. ``load_weights`` takes the weights of
 a Lightning checkpoint (or of a saved state dict) and nothing else: no optimizer state,
 no learning-rate schedule, no callback state (masks and grids are built anew by the
@@ -13,6 +18,51 @@ import os
 from collections.abc import Mapping
 
 import torch
+
+# -- the callbacks' checkpoint contract --------------------------------------------------
+REGULARIZER = "QuantizationRegularizer"  # state-key prefix (FakeQuantQAT saves under it too)
+SPARSIFIER = "GradualSparsifier"
+
+# QuantizationRegularizer / FakeQuantQAT state. Version 2 stores λ under "lambda" and
+# adds "mode"; version 1 (gradient form only, λ under "weight") still loads and exports.
+REGULARIZER_VERSION = 2
+REGULARIZER_VERSIONS = (1, 2)
+REGULARIZER_KEYS = ("version", "bits", "granularity", "clip", "mode", "scales", "epoch", "lambda", "snapped")
+REGULARIZER_KEYS_V1 = ("version", "bits", "granularity", "clip", "scales", "epoch", "weight")
+REGULARIZER_LATENT = "latent"  # mode="relax" only: the latent float weights, fqn -> Tensor
+REGULARIZER_SETTINGS = ("bits", "granularity", "clip", "mode")  # must match the callback on load
+LAMBDA_KEY = {1: "weight", 2: "lambda"}  # where λ is stored, by version
+
+# GradualSparsifier state. Settings written from the start of version 1 are "final_sparsity",
+# "scope" and "schedule"; "initial_sparsity", "start_epoch" and "end_epoch" were added
+# later (still version 1: readers check only the settings a state has).
+SPARSIFIER_VERSION = 1
+SPARSIFIER_VERSIONS = (1,)
+SPARSIFIER_KEYS = ("version", "masks", "target_sparsity", "epoch")
+SPARSIFIER_SETTINGS = ("final_sparsity", "initial_sparsity", "start_epoch", "end_epoch", "scope", "schedule")
+
+# What the exporter needs of each state.
+EXPORT_KEYS = {REGULARIZER: ("bits", "scales"), SPARSIFIER: ("masks",)}
+VERSIONS = {REGULARIZER: REGULARIZER_VERSIONS, SPARSIFIER: SPARSIFIER_VERSIONS}
+
+
+def check_version(owner: str, state) -> int:
+    """The state's version, or a ValueError naming the versions ``owner`` reads."""
+    version = state.get("version")
+    if version not in VERSIONS[owner]:
+        raise ValueError(f"{owner} state version must be one of {VERSIONS[owner]}, got {version!r}")
+    return version
+
+
+def check_settings(owner: str, saved, current: dict) -> None:
+    """Refuse a state saved with other settings: names the setting, the saved and the current value.
+
+    Only the settings ``saved`` has are compared (older states have fewer).
+    """
+    for key, value in current.items():
+        if key in saved and saved[key] != value:
+            raise ValueError(f"{owner} checkpoint was trained with {key}={saved[key]!r}, "
+                             f"this callback has {value!r}")
 
 
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict:

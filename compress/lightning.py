@@ -23,18 +23,16 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess test
         "the callbacks from `compress` instead (from compress import QuantizationRegularizer)"
     ) from err
 
-from compress.callbacks.gradual_sparsifier import GradualSparsifier as _PLGradualSparsifier
 from compress.callbacks.gradual_sparsifier import GradualSparsifierCore
-from compress.callbacks.quant_regularizer import QuantizationRegularizer as _PLQuantizationRegularizer
 from compress.callbacks.quant_regularizer import QuantizationRegularizerCore
 
 
 class QuantizationRegularizer(QuantizationRegularizerCore, Callback):
-    __doc__ = _PLQuantizationRegularizer.__doc__
+    __doc__ = QuantizationRegularizerCore.__doc__
 
 
 class GradualSparsifier(GradualSparsifierCore, Callback):
-    __doc__ = _PLGradualSparsifier.__doc__
+    __doc__ = GradualSparsifierCore.__doc__
 
 
 __all__ = ["GradualSparsifier", "QuantizationRegularizer"]

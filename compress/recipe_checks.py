@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from compress import checks
+
 
 class ConfigError(ValueError):
     """A recipe config value is invalid; the message starts with the key's dotted path."""
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def _check(check, key: str, value, **kwargs):
+    """``check(key, value, ...)`` from ``compress.checks``, its error a ``ConfigError``."""
+    try:
+        return check(key, value, **kwargs)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_config(cfg) -> None:
@@ -31,29 +33,20 @@ def check_config(cfg) -> None:
         >>> check_config(OmegaConf.create({"compression": {"s": {"_target_": "x.Y", "final_sparsity": 1.5}}}))
         Traceback (most recent call last):
         ...
-        recipe_checks.ConfigError: compression.s.final_sparsity: expected a number in [0, 1), got 1.5
+        compress.recipe_checks.ConfigError: compression.s.final_sparsity must be a number in [0, 1), got 1.5
     """
     compression = cfg.get("compression") or {}
     if not isinstance(compression, Mapping):
-        raise ConfigError(
-            f"compression: expected a mapping of callback name -> config with _target_, got {type(compression).__name__}"
-        )
+        raise ConfigError(f"compression must be a mapping of callback name -> config with _target_, "
+                          f"got {type(compression).__name__}")
     for name, sub in compression.items():
         key = f"compression.{name}"
         if not isinstance(sub, Mapping) or "_target_" not in sub:
-            raise ConfigError(f"{key}: expected a callback config with a _target_ key, got {sub!r}")
+            raise ConfigError(f"{key} must be a callback config with a _target_ key, got {sub!r}")
         if "final_sparsity" in sub:
-            s = sub["final_sparsity"]
-            if not _is_number(s) or not 0.0 <= s < 1.0:
-                raise ConfigError(f"{key}.final_sparsity: expected a number in [0, 1), got {s!r}")
+            _check(checks.check_fraction, f"{key}.final_sparsity", sub["final_sparsity"], below_one=True)
         if "bits" in sub:
-            b = sub["bits"]
-            if not _is_int(b) or not 2 <= b <= 8:
-                raise ConfigError(f"{key}.bits: expected an integer in 2..8, got {b!r}")
+            _check(checks.check_bits, f"{key}.bits", sub["bits"])
     trainer = cfg.get("trainer") or {}
-    epochs = trainer.get("max_epochs", 1)
-    if not _is_int(epochs) or epochs < 1:
-        raise ConfigError(f"trainer.max_epochs: expected an integer >= 1, got {epochs!r}")
-    threads = cfg.get("threads", 1)
-    if not _is_int(threads) or threads < 1:
-        raise ConfigError(f"threads: expected an integer >= 1, got {threads!r}")
+    _check(checks.check_int, "trainer.max_epochs", trainer.get("max_epochs", 1), min=1)
+    _check(checks.check_int, "threads", cfg.get("threads", 1), min=1)

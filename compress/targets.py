@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from compress.checks import fail
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _RNN = (nn.LSTM, nn.GRU, nn.RNN)
 _RNN_WEIGHT = re.compile(r"^weight_(ih|hh|hr)_l\d+(_reverse)?$")
@@ -52,13 +54,14 @@ def _default_params(module: nn.Module) -> list[tuple[str, str]]:
     return []
 
 
-def _patterns(value, name: str) -> list[re.Pattern]:
+def compile_patterns(name: str, value) -> list[re.Pattern]:
+    """``include``/``exclude``: None, a regex string or a list of them, compiled."""
     if value is None:
         return []
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"{name} must be a regex string or a list of regex strings, got {value!r}")
+        fail(name, "None, a regex string or a list of regex strings", value, TypeError)
     out = []
     for v in value:
         try:
@@ -95,7 +98,7 @@ def find_targets(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
+    inc, exc = compile_patterns("include", include), compile_patterns("exclude", exclude)
     canonical = {id(p): n for n, p in model.named_parameters()}  # first name of each tensor
     kinds: dict[int, str] = {}
     for _, module in model.named_modules():

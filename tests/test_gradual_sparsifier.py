@@ -152,7 +152,7 @@ def test_state_contract_progress_bar_and_two_instances():
         (dict(start_epoch=-1), "start_epoch must be a non-negative integer"),
         (dict(start_epoch=3, end_epoch=2), "end_epoch must be None or an integer >= start_epoch \\(3\\), got 2"),
         (dict(scope="row"), "scope must be 'layer' or 'global', got 'row'"),
-        (dict(schedule="exp"), "schedule must be one of"),
+        (dict(schedule="exp"), "schedule must be 'cubic', 'linear' or a callable progress -> fraction, got 'exp'"),
         (dict(initial_sparsity=0.6, final_sparsity=0.5), "initial_sparsity must be <= final_sparsity"),
     ],
 )
@@ -175,3 +175,34 @@ def test_sharded_strategies_are_refused_with_a_clear_error(strategy):
     for cb in (GradualSparsifier(0.5), QuantizationRegularizer()):
         with pytest.raises(ValueError, match=f"needs full \\(unsharded\\) weights.*{strategy}.*strategy='ddp'"):
             cb.setup(fake, Tiny(), "fit")
+
+
+@pytest.mark.parametrize(
+    "saved_kwargs,current_kwargs,setting",
+    [
+        (dict(final_sparsity=0.5), dict(final_sparsity=0.8), "final_sparsity=0.5, this callback has 0.8"),
+        (dict(schedule="cubic"), dict(schedule="linear"), "schedule='cubic', this callback has 'linear'"),
+        (dict(start_epoch=1), dict(start_epoch=2), "start_epoch=1, this callback has 2"),
+        (dict(end_epoch=4), dict(end_epoch=None), "end_epoch=4, this callback has None"),
+        (dict(scope="layer"), dict(scope="global"), "scope='layer', this callback has 'global'"),
+        (dict(initial_sparsity=0.1), dict(initial_sparsity=0.2), "initial_sparsity=0.1, this callback has 0.2"),
+    ],
+)
+def test_load_state_refuses_other_settings(saved_kwargs, current_kwargs, setting):
+    state = GradualSparsifier(**saved_kwargs).state_dict()
+    with pytest.raises(ValueError, match=f"GradualSparsifier checkpoint was trained with {setting}"):
+        GradualSparsifier(**current_kwargs).load_state_dict(state)
+
+
+def test_load_state_checks_only_the_settings_a_state_has():
+    from compress import checkpoint as contract
+
+    state = GradualSparsifier(0.5, start_epoch=1).state_dict()
+    assert set(contract.SPARSIFIER_KEYS + contract.SPARSIFIER_SETTINGS) == set(state)
+    for key in ("initial_sparsity", "start_epoch", "end_epoch"):  # a state from before they were saved
+        del state[key]
+    cb = GradualSparsifier(0.5, start_epoch=3)
+    cb.load_state_dict(state)
+    assert cb.masks == {}
+    with pytest.raises(ValueError, match=r"GradualSparsifier state version must be one of \(1,\), got 7"):
+        cb.load_state_dict(dict(state, version=7))

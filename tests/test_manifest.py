@@ -6,12 +6,12 @@ import wave
 import numpy as np
 import pytest
 import torch
+from error_rates import cer, wer
 
 from compress.data import templates
 from compress.data.corpus import write_wav
 from compress.data.manifest import ManifestDataset, read_manifest, read_wav
 from compress.data.text import BLANK, VOCAB, VOCAB_SIZE, ctc_collapse, decode, encode
-from compress.metrics import cer, wer
 
 
 def _write(path, lines):

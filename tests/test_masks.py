@@ -54,7 +54,7 @@ def test_apply_masks_in_place():
 def test_bad_args():
     with pytest.raises(ValueError, match="scope must be"):
         magnitude_masks({"a": torch.ones(3)}, 0.5, "row")
-    with pytest.raises(ValueError, match="sparsity must be in"):
+    with pytest.raises(ValueError, match="sparsity must be a number in"):
         magnitude_masks({"a": torch.ones(3)}, 1.0)
 
 

@@ -3,11 +3,11 @@
 import pytest
 import pytorch_lightning as pl
 import torch
+from error_rates import wer
 from torch import nn
 
 from compress.data.datamodule import SpeechDataModule, collate
 from compress.data.text import VOCAB_SIZE, encode
-from compress.metrics import wer
 from compress.models import CTCLSTM, MODELS, RNNT, ConformerCTC
 
 SMALL = {
@@ -134,7 +134,7 @@ def _train(m, batch, steps, lr=5e-3):
 
 def test_ctc_lstm_learns_two_utterances(dm):
     # Oracle: the model transcribes its own training utterances nearly exactly.
-    from compress.metrics import cer
+    from error_rates import cer
 
     batch = collate([dm.datasets["train"][i] for i in range(2)])
     m, losses = _train(small("ctc_lstm", hidden_size=64, num_layers=1, conv_channels=64, dropout=0.0), batch, 400)

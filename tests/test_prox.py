@@ -182,7 +182,7 @@ def test_defaults_state_and_version_1():
     assert QuantizationRegularizer(bits=4, weight=0.1).mode == "grad"  # λ is the gradient form's setting
     with pytest.raises(ValueError, match="weight \\(λ\\) applies to mode='grad' only"):
         QuantizationRegularizer(bits=4, mode="prox", weight=0.1)
-    with pytest.raises(ValueError, match="mode must be None or one of"):
+    with pytest.raises(ValueError, match="mode must be None, 'grad', 'prox', 'hard' or 'relax', got"):
         QuantizationRegularizer(mode="ste")
     with pytest.raises(ValueError, match="rho_min must be a number in \\(0, 1\\), got 0"):
         QuantizationRegularizer(mode="prox", rho_min=0)

@@ -191,7 +191,7 @@ def test_logs_grid_figures():
         (dict(pull_clipped=1), TypeError, "pull_clipped must be a bool, got 1"),
         (dict(snap_on_fit_end="yes"), TypeError, "snap_on_fit_end must be a bool"),
         (dict(targets="head.weight"), TypeError, "targets must be None or a list of parameter names"),
-        (dict(include=5), TypeError, "include must be a regex"),
+        (dict(include=5), TypeError, "include must be None, a regex string or a list of regex strings, got 5"),
         (dict(exclude="("), ValueError, "exclude pattern"),
     ],
 )

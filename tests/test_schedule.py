@@ -32,10 +32,10 @@ def test_linear_initial_and_callable():
     [
         (dict(final_sparsity=1.0), "final_sparsity must be a number in \\[0, 1\\)"),
         (dict(final_sparsity=-0.1), "final_sparsity"),
-        (dict(schedule="exp"), "schedule must be one of"),
-        (dict(end_epoch=1, start_epoch=2), "end_epoch must be >= start_epoch"),
+        (dict(schedule="exp"), "schedule must be 'cubic', 'linear' or a callable"),
+        (dict(end_epoch=1, start_epoch=2), "end_epoch must be an integer >= start_epoch \\(2\\), got 1"),
         (dict(epoch=-1), "epoch must be a non-negative integer"),
-        (dict(schedule=lambda p: 2.0, epoch=1), "must return a fraction in \\[0, 1\\]"),
+        (dict(schedule=lambda p: 2.0, epoch=1), "schedule\\(0.25\\) must be a number in \\[0, 1\\], got 2.0"),
     ],
 )
 def test_errors(kwargs, match):

@@ -65,7 +65,7 @@ def test_nothing_to_target_lists_what_was_found():
 
 
 def test_bad_arguments():
-    with pytest.raises(TypeError, match="include must be a regex string"):
+    with pytest.raises(TypeError, match="include must be None, a regex string"):
         find_targets(nn.Linear(2, 2), include=3)
     with pytest.raises(ValueError, match="exclude pattern '\\(' is not a valid"):
         find_targets(nn.Linear(2, 2), exclude="(")

@@ -7,14 +7,13 @@ so the same callback bodies serve both (see ``compress.lightning``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 
-from compress.targets import Target, find_targets
+from compress.checks import check_str
+from compress.targets import Target, compile_patterns, find_targets
 
-STATE_VERSION = 1
 _SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
 
 
@@ -24,17 +23,8 @@ def check_targets_arg(targets, include, exclude) -> None:
         isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets)
     ):
         raise TypeError(f"targets must be None or a list of parameter names, got {targets!r}")
-    for name, value in (("include", include), ("exclude", exclude)):
-        values = [value] if isinstance(value, str) else value
-        if value is not None and (
-            not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values)
-        ):
-            raise TypeError(f"{name} must be a regex string or a list of them, got {value!r}")
-        for v in values or []:
-            try:
-                re.compile(v)
-            except re.error as err:
-                raise ValueError(f"{name} pattern {v!r} is not a valid regular expression: {err}") from None
+    compile_patterns("include", include)
+    compile_patterns("exclude", exclude)
 
 
 def resolve_targets(pl_module, targets: Sequence[str] | None, include, exclude) -> list[Target]:
@@ -93,9 +83,7 @@ def state_key(owner, **kwargs) -> str:
 
 def check_prefix(value) -> str:
     """Validate a ``log_prefix`` argument."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"log_prefix must be a non-empty string, got {value!r}")
-    return value
+    return check_str("log_prefix", value)
 
 
 def log_metrics(trainer, pl_module, metrics: dict[str, float], prog_bar: str | None = None) -> None:

@@ -33,10 +33,10 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 
+from compress import checkpoint as contract
 from compress.callbacks import _base
-from compress.quant.grid import broadcast_scale, check_bits, compute_scale, default_clip, qmax, snap
-
-STATE_VERSION = 2  # the regularizer's state shape (compress.export.sources reads both)
+from compress.checks import check_bits, check_choice
+from compress.quant.grid import CLIPS, GRANULARITIES, broadcast_scale, compute_scale, default_clip, qmax, snap
 
 
 class FakeQuantQATCore:
@@ -52,13 +52,10 @@ class FakeQuantQATCore:
     def __init__(self, bits: int = 8, granularity: str = "channel", clip: str | None = None,
                  targets: Sequence[str] | None = None, include=None, exclude=None) -> None:
         super().__init__()
-        self.bits = check_bits(bits)
-        if granularity not in ("channel", "tensor"):
-            raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
-        self.granularity = granularity
+        self.bits = check_bits("bits", bits)
+        self.granularity = check_choice("granularity", granularity, GRANULARITIES)
+        check_choice("clip", clip, CLIPS, optional=True)
         self.clip = default_clip(bits) if clip is None else clip
-        if self.clip not in ("max", "mse"):
-            raise ValueError(f"clip must be None, 'max' or 'mse', got {clip!r}")
         _base.check_targets_arg(targets, include, exclude)
         self.targets, self.include, self.exclude = targets, include, exclude
         self._params: dict[str, torch.nn.Parameter] = {}
@@ -70,7 +67,7 @@ class FakeQuantQATCore:
     @property
     def state_key(self) -> str:
         # Starts with the regularizer's name so that the exporter finds the grid.
-        return "QuantizationRegularizer" + _base.state_key(
+        return contract.REGULARIZER + _base.state_key(
             self, bits=self.bits, granularity=self.granularity, clip=self.clip,
             targets=self.targets, include=self.include, exclude=self.exclude)
 
@@ -147,15 +144,14 @@ class FakeQuantQATCore:
                 p.copy_(snap(p, self._scales[n].to(p.device), self.bits))
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "bits": self.bits, "granularity": self.granularity, "clip": self.clip,
+        return {"version": contract.REGULARIZER_VERSION, "bits": self.bits, "granularity": self.granularity, "clip": self.clip,
                 "mode": "fake_quant", "scales": _base.to_cpu_state(self._scales), "epoch": int(self._epoch),
                 "lambda": 0.0, "snapped": False}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        for key in ("bits", "granularity", "clip"):
-            if state_dict[key] != getattr(self, key):
-                raise ValueError(f"checkpoint was trained with {key}={state_dict[key]!r}, "
-                                 f"this callback has {getattr(self, key)!r}")
+        contract.check_version(contract.REGULARIZER, state_dict)
+        contract.check_settings(type(self).__name__, state_dict,
+                                {k: getattr(self, k) for k in ("bits", "granularity", "clip")})
         self._scales = {n: s.to(torch.float32) for n, s in state_dict["scales"].items()}
         self._epoch = int(state_dict["epoch"])
 

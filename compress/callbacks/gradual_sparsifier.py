@@ -15,13 +15,53 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 
+from compress import checkpoint as contract
 from compress.callbacks import _base
-from compress.sparsity.masks import apply_masks_, magnitude_masks
+from compress.checks import check_bool, check_choice, check_int
+from compress.sparsity.masks import SCOPES, apply_masks_, magnitude_masks
 from compress.sparsity.schedule import Schedule, check_schedule, check_sparsity, sparsity_at
 
 
 class GradualSparsifierCore:
-    """The callback's logic, independent of the Lightning package it is mixed into."""
+    """Gradual magnitude pruning to ``final_sparsity``, with exact counts and monotone masks.
+
+    Schedule (Zhu & Gupta 2017, "To prune, or not to prune", eq. 1), epoch-wise:
+    ``s_t = s_f + (s_0 − s_f)(1 − (t − t_0)/n)³`` for ``t_0 = start_epoch``,
+    ``n = end_epoch − start_epoch``; "linear" or a callable of the progress ``(t − t_0)/n``
+    are also accepted. New masks are computed at each epoch start: exactly
+    ``round(s_t·n)`` weights per tensor (``scope="layer"``) or over the union of targets
+    (``scope="global"``) are pruned, smallest magnitude first, ties by index. Masks never
+    shrink, and are re-applied after every optimizer step.
+
+    Args:
+        final_sparsity: fraction of targeted weights pruned from ``end_epoch`` on, in [0, 1).
+        start_epoch: first epoch that prunes (target ``initial_sparsity`` before it).
+        end_epoch: epoch at which the target reaches ``final_sparsity``; None = the
+            trainer's last epoch (``max_epochs − 1``), so fitting ends fully pruned.
+        schedule: "cubic" (default, Zhu & Gupta), "linear", or ``f(progress) -> fraction``.
+        scope: "layer" (every tensor at the target; predictable per-layer cost) or
+            "global" (one magnitude ranking across tensors).
+        initial_sparsity: ``s_0``, the target at ``start_epoch``.
+        targets: exact parameter names; None = ``compress.find_targets`` defaults.
+        include, exclude: regexes on parameter names that adjust the defaults.
+        log_per_layer: also log each tensor's sparsity.
+        log_prefix: logged keys are ``{log_prefix}/sparsity`` (progress bar),
+            ``/sparsity_target`` and ``/sparsity/{fqn}``; give two instances different ones.
+
+    The state (``state_dict()``) is ``{"version", "masks": {fqn: bool CPU tensor},
+    "target_sparsity", "epoch"}`` plus the settings ``final_sparsity``,
+    ``initial_sparsity``, ``start_epoch``, ``end_epoch``, ``scope`` and ``schedule``
+    (``compress.checkpoint``, the contract of ARCHITECTURE.md). Loading a state saved
+    with other settings raises a ValueError naming the setting.
+
+    Example:
+        >>> import pytorch_lightning as pl
+        >>> from compress import GradualSparsifier
+        >>> trainer = pl.Trainer(max_epochs=10, callbacks=[GradualSparsifier(final_sparsity=0.8)])
+
+    This class holds the logic, independent of the Lightning package; ``GradualSparsifier``
+    here and in ``compress.lightning`` add the ``Callback`` base.
+    """
 
     def __init__(
         self,
@@ -44,20 +84,13 @@ class GradualSparsifierCore:
             raise ValueError(
                 f"initial_sparsity must be <= final_sparsity ({self.final_sparsity}), got {initial_sparsity}"
             )
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
-        if end_epoch is not None and (
-            isinstance(end_epoch, bool) or not isinstance(end_epoch, int) or end_epoch < start_epoch
-        ):
-            raise ValueError(f"end_epoch must be None or an integer >= start_epoch ({start_epoch}), got {end_epoch!r}")
+        self.start_epoch = check_int("start_epoch", start_epoch, min=0)
+        self.end_epoch = check_int("end_epoch", end_epoch, min=start_epoch, min_name="start_epoch", optional=True)
         self.schedule = check_schedule(schedule)
-        if scope not in ("layer", "global"):
-            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-        self.scope = scope
-        self.start_epoch, self.end_epoch = start_epoch, end_epoch
+        self.scope = check_choice("scope", scope, SCOPES)
         _base.check_targets_arg(targets, include, exclude)
         self.targets, self.include, self.exclude = targets, include, exclude
-        self.log_per_layer = log_per_layer
+        self.log_per_layer = check_bool("log_per_layer", log_per_layer)
         self.log_prefix = _base.check_prefix(log_prefix)
         self._params: dict[str, torch.nn.Parameter] = {}
         self._masks: dict[str, torch.Tensor] | None = None  # live masks, on the weights' device
@@ -144,21 +177,30 @@ class GradualSparsifierCore:
         apply_masks_(list(self._params.values()), self._float_masks)
 
     # -- state ---------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "version": _base.STATE_VERSION,
-            "masks": _base.to_cpu_state(self._masks or {}),
-            "target_sparsity": float(self._target),
-            "epoch": int(self._epoch),
+    def _settings(self) -> dict:
+        """The settings saved in the state and checked on load (``contract.SPARSIFIER_SETTINGS``)."""
+        values = {
             "final_sparsity": self.final_sparsity,
+            "initial_sparsity": self.initial_sparsity,
+            "start_epoch": self.start_epoch,
+            "end_epoch": self.end_epoch,
             "scope": self.scope,
             "schedule": self.schedule if isinstance(self.schedule, str) else "callable",
         }
+        return {k: values[k] for k in contract.SPARSIFIER_SETTINGS}
+
+    def state_dict(self) -> dict:
+        return {
+            "version": contract.SPARSIFIER_VERSION,
+            "masks": _base.to_cpu_state(self._masks or {}),
+            "target_sparsity": float(self._target),
+            "epoch": int(self._epoch),
+            **self._settings(),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        version = state_dict.get("version")
-        if version != _base.STATE_VERSION:
-            raise ValueError(f"GradualSparsifier state version must be {_base.STATE_VERSION}, got {version!r}")
+        contract.check_version(contract.SPARSIFIER, state_dict)
+        contract.check_settings(contract.SPARSIFIER, state_dict, self._settings())
         masks = state_dict["masks"]
         self._masks = {n: m.to(torch.bool) for n, m in masks.items()} if masks else None
         self._target = float(state_dict["target_sparsity"])
@@ -166,36 +208,4 @@ class GradualSparsifierCore:
 
 
 class GradualSparsifier(GradualSparsifierCore, pl.Callback):
-    """Gradual magnitude pruning to ``final_sparsity``, with exact counts and monotone masks.
-
-    Schedule (Zhu & Gupta 2017, "To prune, or not to prune", eq. 1), epoch-wise:
-    ``s_t = s_f + (s_0 − s_f)(1 − (t − t_0)/n)³`` for ``t_0 = start_epoch``,
-    ``n = end_epoch − start_epoch``; "linear" or a callable of the progress ``(t − t_0)/n``
-    are also accepted. New masks are computed at each epoch start: exactly
-    ``round(s_t·n)`` weights per tensor (``scope="layer"``) or over the union of targets
-    (``scope="global"``) are pruned, smallest magnitude first, ties by index. Masks never
-    shrink, and are re-applied after every optimizer step.
-
-    Args:
-        final_sparsity: fraction of targeted weights pruned from ``end_epoch`` on, in [0, 1).
-        start_epoch: first epoch that prunes (target ``initial_sparsity`` before it).
-        end_epoch: epoch at which the target reaches ``final_sparsity``; None = the
-            trainer's last epoch (``max_epochs − 1``), so fitting ends fully pruned.
-        schedule: "cubic" (default, Zhu & Gupta), "linear", or ``f(progress) -> fraction``.
-        scope: "layer" (every tensor at the target; predictable per-layer cost) or
-            "global" (one magnitude ranking across tensors).
-        initial_sparsity: ``s_0``, the target at ``start_epoch``.
-        targets: exact parameter names; None = ``compress.find_targets`` defaults.
-        include, exclude: regexes on parameter names that adjust the defaults.
-        log_per_layer: also log each tensor's sparsity.
-        log_prefix: logged keys are ``{log_prefix}/sparsity`` (progress bar),
-            ``/sparsity_target`` and ``/sparsity/{fqn}``; give two instances different ones.
-
-    The state (``state_dict()``) is ``{"version", "masks": {fqn: bool CPU tensor},
-    "target_sparsity", "epoch", ...}``, the checkpoint contract of ARCHITECTURE.md.
-
-    Example:
-        >>> import pytorch_lightning as pl
-        >>> from compress import GradualSparsifier
-        >>> trainer = pl.Trainer(max_epochs=10, callbacks=[GradualSparsifier(final_sparsity=0.8)])
-    """
+    __doc__ = GradualSparsifierCore.__doc__

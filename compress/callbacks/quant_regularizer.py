@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 
+from compress import checkpoint as contract
 from compress.callbacks import _base
-from compress.quant.grid import broadcast_scale, check_bits, compute_scale, default_clip, qmax, snap
+from compress.checks import check_bits, check_bool, check_choice, check_int, check_number, is_int
+from compress.quant.grid import CLIPS, GRANULARITIES, broadcast_scale, compute_scale, default_clip, qmax, snap
 from compress.quant.penalty import grid_distance, penalty, scaled_grad_
 from compress.quant.prox import prox_step_, rho_at
 
@@ -30,27 +32,22 @@ DEFAULT_PULL_START = {"grad": 0, "prox": 0.5, "hard": 0.5, "relax": 0.0}
 # the gradient form at >= GRAD_MIN_BITS bits, the relax form below.
 GRAD_MIN_BITS = 7
 MODES = ("grad", "prox", "hard", "relax")
-STATE_VERSION = 2  # 2: λ under "lambda", plus "mode"; 1 (λ under "weight", gradient form) still loads
 
 Weight = float | Callable[[int], float]
 
 
 def default_mode(bits: int) -> str:
     """The form ``QuantizationRegularizer(bits=b)`` uses: "grad" at >= 7 bits, else "relax"."""
-    return "grad" if check_bits(bits) >= GRAD_MIN_BITS else "relax"
+    return "grad" if check_bits("bits", bits) >= GRAD_MIN_BITS else "relax"
 
 
 def _check_weight(value, name: str = "weight") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (or a callable epoch -> such a number), got {value!r}")
-    return float(value)
+    return check_number(name, value, low=0.0, finite=True, hint=" (or a callable epoch -> such a number)")
 
 
 def _check_start(value):
     """``start_epoch``: None, an epoch (int >= 0) or a fraction of the run (float in [0, 1])."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        return value
-    if isinstance(value, float) and 0.0 <= value <= 1.0:
+    if value is None or (is_int(value) and value >= 0) or (isinstance(value, float) and 0.0 <= value <= 1.0):
         return value
     raise ValueError(f"start_epoch must be None, an epoch (integer >= 0) or a fraction of the run "
                      f"(float in [0, 1]), got {value!r}")
@@ -175,45 +172,31 @@ class QuantizationRegularizerCore:
         hard_every: int = 50,
     ) -> None:
         super().__init__()
-        self.bits = check_bits(bits)
+        self.bits = check_bits("bits", bits)
         if mode is None:  # λ or a λ warm-up only mean something to the gradient form
             mode = "grad" if weight is not None or warmup_epochs else default_mode(bits)
-        self.mode = mode
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be None or one of {MODES}, got {mode!r}")
+        self.mode = check_choice("mode", mode, MODES, optional=True)
         if weight is not None and self.mode != "grad":
             raise ValueError(f"weight (λ) applies to mode='grad' only, got weight={weight!r} with mode={self.mode!r}")
         if weight is not None and not callable(weight):
             _check_weight(weight)
         self.weight = DEFAULT_WEIGHT if weight is None else weight
-        if granularity not in ("channel", "tensor"):
-            raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
-        self.granularity = granularity
-        self.clip = clip if clip is not None else default_clip(bits)
-        if self.clip not in ("max", "mse"):
-            raise ValueError(f"clip must be None, 'max' or 'mse', got {clip!r}")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
+        self.granularity = check_choice("granularity", granularity, GRANULARITIES)
+        check_choice("clip", clip, CLIPS, optional=True)
+        self.clip = default_clip(bits) if clip is None else clip
+        check_int("warmup_epochs", warmup_epochs, min=0)
         if warmup_epochs and self.mode != "grad":
             raise ValueError(f"warmup_epochs applies to mode='grad' only, got {warmup_epochs!r} with mode={self.mode!r}")
         self.warmup_epochs = warmup_epochs
         start = _check_start(start_epoch)
         self.start_epoch = DEFAULT_PULL_START[self.mode] if start is None else start
-        if isinstance(rho_min, bool) or not isinstance(rho_min, (int, float)) or not 0.0 < rho_min < 1.0:
-            raise ValueError(f"rho_min must be a number in (0, 1), got {rho_min!r}")
-        self.rho_min = float(rho_min)
-        if isinstance(hard_every, bool) or not isinstance(hard_every, int) or hard_every < 1:
-            raise ValueError(f"hard_every must be an integer >= 1, got {hard_every!r}")
-        self.hard_every = hard_every
-        if not isinstance(pull_clipped, bool):
-            raise TypeError(f"pull_clipped must be a bool, got {pull_clipped!r}")
-        self.pull_clipped = pull_clipped
-        if not isinstance(snap_on_fit_end, bool):
-            raise TypeError(f"snap_on_fit_end must be a bool, got {snap_on_fit_end!r}")
-        self.snap_on_fit_end = snap_on_fit_end
+        self.rho_min = check_number("rho_min", rho_min, low=0.0, high=1.0, low_open=True, high_open=True)
+        self.hard_every = check_int("hard_every", hard_every, min=1)
+        self.pull_clipped = check_bool("pull_clipped", pull_clipped)
+        self.snap_on_fit_end = check_bool("snap_on_fit_end", snap_on_fit_end)
         _base.check_targets_arg(targets, include, exclude)
         self.targets, self.include, self.exclude = targets, include, exclude
-        self.log_histograms = log_histograms
+        self.log_histograms = check_bool("log_histograms", log_histograms)
         self.log_prefix = _base.check_prefix(log_prefix)
         self._t: dict[str, _Target] = {}  # fqn -> parameter and grid
         self._saved_scales: dict[str, torch.Tensor] = {}  # restored from a checkpoint before setup
@@ -486,7 +469,7 @@ class QuantizationRegularizerCore:
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "version": STATE_VERSION,
+            "version": contract.REGULARIZER_VERSION,
             "bits": self.bits,
             "granularity": self.granularity,
             "clip": self.clip,
@@ -495,28 +478,23 @@ class QuantizationRegularizerCore:
             "epoch": int(self._epoch),
             "lambda": float(self._lambda),
             "snapped": bool(self._snapped),
-            **({"latent": _base.to_cpu_state({n: t.latent for n, t in self._t.items() if t.latent is not None})}
+            **({contract.REGULARIZER_LATENT: _base.to_cpu_state({n: t.latent for n, t in self._t.items() if t.latent is not None})}
                if self.mode == "relax" else {}),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        version = state_dict.get("version")
-        if version not in (1, STATE_VERSION):
-            raise ValueError(f"QuantizationRegularizer state version must be 1 or {STATE_VERSION}, got {version!r}")
+        version = contract.check_version(contract.REGULARIZER, state_dict)
         saved = dict(state_dict, mode=state_dict.get("mode", "grad"))  # version 1 had the gradient form only
-        for key in ("bits", "granularity", "clip", "mode"):
-            if saved[key] != getattr(self, key):
-                raise ValueError(
-                    f"checkpoint was trained with {key}={saved[key]!r}, this callback has {getattr(self, key)!r}"
-                )
+        contract.check_settings(contract.REGULARIZER, saved,
+                                {k: getattr(self, k) for k in contract.REGULARIZER_SETTINGS})
         scales = {n: s.to(torch.float32) for n, s in state_dict["scales"].items()}
         self._saved_scales = scales
         for n, t in self._t.items():
             t.scale = scales.get(n)
         self._epoch = int(state_dict["epoch"])
-        self._lambda = float(state_dict["lambda" if version == STATE_VERSION else "weight"])
+        self._lambda = float(state_dict[contract.LAMBDA_KEY[version]])
         self._snapped = bool(state_dict.get("snapped", False))
-        self._saved_latent = dict(state_dict.get("latent") or {})
+        self._saved_latent = dict(state_dict.get(contract.REGULARIZER_LATENT) or {})
         self._restore_latent()
 
 

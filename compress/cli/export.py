@@ -42,11 +42,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from compress.checks import check_bits
     from compress.cli import CliError
     from compress.export import pack
 
-    if args.bits is not None and not 2 <= args.bits <= 8:
-        raise CliError(f"--bits must be in 2..8, got {args.bits}")
+    if args.bits is not None:
+        try:
+            check_bits("--bits", args.bits)
+        except ValueError as err:
+            raise CliError(str(err)) from None
     if not os.path.isfile(args.checkpoint):
         raise CliError(f"checkpoint not found: {args.checkpoint}")
     out = args.output or os.path.splitext(args.checkpoint)[0] + EXTENSION

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from compress.atomic import write_bytes
+from compress.checks import check_choice
 from compress.export.sources import resolve
 from compress.format import layout as L
 from compress.format import metadata as M
@@ -141,10 +142,8 @@ def pack(source, path, *, callbacks=None, bits=None, targets=None, scales=None, 
         ValueError/TypeError: NaN/Inf, off-grid weights, a weight outside its mask, bad settings;
             the message names the tensor.
     """
-    if passthrough_dtype not in PASSTHROUGH:
-        raise ValueError(f"passthrough_dtype must be 'float32' or 'float16', got {passthrough_dtype!r}")
-    if granularity not in ("channel", "tensor"):
-        raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
+    check_choice("passthrough_dtype", passthrough_dtype, tuple(PASSTHROUGH))
+    check_choice("granularity", granularity, grid.GRANULARITIES)
     res = resolve(source, callbacks=callbacks, bits=bits, targets=targets, scales=scales, masks=masks,
                   trust_checkpoint=trust_checkpoint)
     from compress import __version__

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from compress.quant import grid
+from compress import checkpoint as contract
+from compress.checks import check_bits
 
-REGULARIZER, SPARSIFIER = "QuantizationRegularizer", "GradualSparsifier"
+REGULARIZER, SPARSIFIER = contract.REGULARIZER, contract.SPARSIFIER
 
 
 @dataclass
@@ -65,11 +66,10 @@ class Resolved:
 def _check_state(state, key: str, kind: str) -> dict:
     if not isinstance(state, Mapping):
         raise TypeError(f"callbacks[{key!r}] must be a dict, got {type(state).__name__}")
-    versions = (1, 2) if kind == REGULARIZER else (1,)  # regularizer state 2: λ renamed, mode added
+    versions = contract.VERSIONS[kind]
     if state.get("version") not in versions:
         raise ValueError(f"callbacks[{key!r}]['version'] must be one of {versions}, got {state.get('version')!r}")
-    need = ("bits", "scales") if kind == REGULARIZER else ("masks",)
-    for name in need:
+    for name in contract.EXPORT_KEYS[kind]:
         if name not in state:
             raise ValueError(f"callbacks[{key!r}] must have a {name!r} entry, found keys {sorted(state)}")
     return state
@@ -89,7 +89,7 @@ def read_compression_state(checkpoint: Mapping) -> CompressionState:
             if out.has_regularizer:
                 raise ValueError(f"checkpoint['callbacks'] has two {REGULARIZER} states; found {key!r}")
             state = _check_state(state, key, REGULARIZER)
-            bits = grid.check_bits(state["bits"], f"callbacks[{key!r}]['bits']")
+            bits = check_bits(f"callbacks[{key!r}]['bits']", state["bits"])
             for name, scale in dict(state["scales"]).items():
                 if not isinstance(scale, torch.Tensor):
                     raise TypeError(f"callbacks[{key!r}]['scales'][{name!r}] must be a Tensor, got {type(scale).__name__}")
@@ -144,9 +144,9 @@ def _explicit(state_dict, bits, targets, scales, masks) -> tuple[dict, dict]:
     if isinstance(bits, Mapping):
         if targets is not None:
             raise ValueError("pass either bits as a {name: bits} dict or targets, not both")
-        out = {str(k): grid.check_bits(v, f"bits[{k!r}]") for k, v in bits.items()}
+        out = {str(k): check_bits(f"bits[{k!r}]", v) for k, v in bits.items()}
     else:
-        grid.check_bits(bits)
+        check_bits("bits", bits)
         if targets is None:  # default: every floating tensor of rank >= 2 (conv, linear, LSTM weights)
             targets = [k for k, v in state_dict.items() if v.is_floating_point() and v.dim() >= 2]
         out = {str(k): bits for k in targets}

@@ -21,6 +21,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from compress.checks import check_choice
 from compress.decoder.fast import PackedFile, decode, read_file
 from compress.export.sources import resolve
 from compress.format import layout as L
@@ -77,8 +78,7 @@ def verify(file: str | os.PathLike | PackedFile, checkpoint, *, bits: int | None
         FormatError: the file is malformed (a decoded block's checksum included).
         ValueError/TypeError: bad settings, or a checkpoint ``pack`` would refuse.
     """
-    if granularity not in ("channel", "tensor"):
-        raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
+    check_choice("granularity", granularity, grid.GRANULARITIES)
     pf = file if isinstance(file, PackedFile) else read_file(os.fspath(file))
     res = resolve(checkpoint, bits=bits, trust_checkpoint=trust_checkpoint)
     names = {r.name for r in pf.records}

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import torch
 
-MIN_BITS, MAX_BITS = 2, 8
+from compress import checks
+from compress.checks import MAX_BITS, MIN_BITS  # noqa: F401  (re-exported: the grid's range)
+
+GRANULARITIES = ("channel", "tensor")
+CLIPS = ("max", "mse")
 
 
 def check_bits(bits: int, name: str = "bits") -> int:
-    """Validate a bit width (2..8 inclusive) and return it."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"{name} must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
-    return bits
+    """Validate a bit width (2..8 inclusive) and return it (``compress.checks.check_bits``)."""
+    return checks.check_bits(name, bits)
 
 
 def qmax(bits: int) -> int:
@@ -76,7 +78,7 @@ def _reduce_dims(w: torch.Tensor, granularity: str) -> tuple[int, ...]:
         return tuple(range(w.dim()))
     if granularity == "channel":
         return tuple(range(1, w.dim()))
-    raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
+    checks.fail("granularity", checks.describe_choices(GRANULARITIES), granularity)
 
 
 def max_scale(w: torch.Tensor, bits: int, granularity: str = "channel") -> torch.Tensor:
@@ -145,4 +147,4 @@ def compute_scale(w: torch.Tensor, bits: int, granularity: str = "channel", clip
         return max_scale(w, bits, granularity)
     if clip == "mse":
         return mse_scale(w, bits, granularity)
-    raise ValueError(f"clip must be 'max' or 'mse', got {clip!r}")
+    checks.fail("clip", checks.describe_choices(CLIPS, optional=True), clip)

@@ -37,13 +37,6 @@ import math
 import torch
 
 
-def check_fraction(value, name: str) -> float:
-    """A float in [0, 1], or an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def rho_at(progress: float, start: float, rho_min: float) -> float:
     """Strength ρ of the prox step after the step that ends at ``progress`` of the run.
 

@@ -14,6 +14,10 @@ from collections.abc import Mapping
 
 import torch
 
+from compress.checks import check_choice, check_fraction
+
+SCOPES = ("layer", "global")
+
 
 def _count(sparsity: float, n: int) -> int:
     return int(sparsity * n + 0.5)  # round half up: deterministic, unlike round()'s ties-to-even
@@ -70,10 +74,8 @@ def magnitude_masks(
         >>> m["w"].tolist()
         [True, False, False, True]
     """
-    if scope not in ("layer", "global"):
-        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    check_choice("scope", scope, SCOPES)
+    sparsity = check_fraction("sparsity", sparsity, below_one=True)
     previous = previous or {}
     scores = {n: _scores(w, previous.get(n)) for n, w in weights.items()}
     pruned_before = {n: int((s < 0).sum()) for n, s in scores.items()}

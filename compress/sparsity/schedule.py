@@ -15,22 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from compress import checks
+
 Schedule = str | Callable[[float], float]
 SCHEDULES = ("cubic", "linear")
 
 
 def check_schedule(schedule: Schedule, name: str = "schedule") -> Schedule:
     """Validate a schedule argument: 'cubic', 'linear', or a callable of progress."""
-    if callable(schedule) or schedule in SCHEDULES:
+    if callable(schedule) or (isinstance(schedule, str) and schedule in SCHEDULES):
         return schedule
-    raise ValueError(f"{name} must be one of {SCHEDULES} or a callable progress -> fraction, got {schedule!r}")
+    checks.fail(name, f"{', '.join(map(repr, SCHEDULES))} or a callable progress -> fraction", schedule)
 
 
 def check_sparsity(value: float, name: str) -> float:
     """Validate a sparsity in [0, 1) (1.0 would remove every weight)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return checks.check_fraction(name, value, below_one=True)
 
 
 def sparsity_at(
@@ -60,11 +60,9 @@ def sparsity_at(
     s_f = check_sparsity(final_sparsity, "final_sparsity")
     s_0 = check_sparsity(initial_sparsity, "initial_sparsity")
     check_schedule(schedule)
-    for name, v in (("epoch", epoch), ("start_epoch", start_epoch), ("end_epoch", end_epoch)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-    if end_epoch < start_epoch:
-        raise ValueError(f"end_epoch must be >= start_epoch ({start_epoch}), got {end_epoch}")
+    for name, v in (("epoch", epoch), ("start_epoch", start_epoch)):
+        checks.check_int(name, v, min=0)
+    checks.check_int("end_epoch", end_epoch, min=start_epoch, min_name="start_epoch")
     if epoch < start_epoch:
         return s_0
     if epoch >= end_epoch:
@@ -75,6 +73,4 @@ def sparsity_at(
     if schedule == "linear":
         return s_0 + (s_f - s_0) * p
     f = schedule(p)
-    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
-        raise ValueError(f"schedule({p}) must return a fraction in [0, 1], got {f!r}")
-    return s_0 + (s_f - s_0) * float(f)
+    return s_0 + (s_f - s_0) * checks.check_fraction(f"schedule({p})", f)

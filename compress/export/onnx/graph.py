@@ -14,6 +14,7 @@ import onnx
 import torch
 
 from compress.atomic import write_bytes
+from compress.checks import check_int
 from compress.export.onnx.initializers import quantize_initializers
 from compress.export.onnx.snap import compressed_weights, snap_model
 from compress.export.onnx.trace import trace
@@ -72,8 +73,7 @@ def to_onnx(model: torch.nn.Module, state, example_inputs: Sequence[torch.Tensor
         >>> out.int8_initializers != () and out.not_int8 == ()
         True
     """
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset must be an integer >= {MIN_OPSET} (per-axis DequantizeLinear), got {opset!r}")
+    check_int("opset", opset, min=MIN_OPSET)  # per-axis DequantizeLinear
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if forward is not None and not callable(forward):

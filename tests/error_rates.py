@@ -1,4 +1,9 @@
-"""Word and character error rates, via torchmetrics.
+"""Word and character error rates for the tests, via torchmetrics (once ``compress.metrics``).
+
+The models log WER and CER with torchmetrics' ``WordErrorRate``/``CharErrorRate``
+(``compress/models/base.py``), accumulated over an epoch and synced across ranks; these
+functional forms compute the same corpus-level rates for a list of strings, so a test can
+check a transcript, or check torchmetrics' definition against a Levenshtein oracle.
 
 WER = (substitutions + deletions + insertions) / reference words, from the Levenshtein
 alignment; CER is the same over characters. Both are corpus-level: errors and reference
