@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 # How the library's parameter names read on this command line.
@@ -42,19 +43,27 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from compress.atomic import write_text
+@contextlib.contextmanager
+def model_errors():
+    """The library's errors about a model and its recipe, as one-line command errors."""
     from compress.cli import CliError
     from compress.errors import ArgumentError
-    from compress.pipeline import evaluate_manifests
     from compress.recipe_checks import ConfigError
 
     try:
-        metrics = evaluate_manifests(args.model, args.manifest_dir, recipe=args.recipe)
+        yield
     except ArgumentError as err:
         raise CliError(err.spell(NAMES)) from None
     except ConfigError as err:
         raise CliError(f"--recipe: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from compress.atomic import write_text
+    from compress.pipeline import evaluate_manifests
+
+    with model_errors():
+        metrics = evaluate_manifests(args.model, args.manifest_dir, recipe=args.recipe)
     print("| split | WER | CER |\n|---|---|---|")
     for split, m in metrics.items():
         print(f"| {split} | {100 * m['wer']:.2f}% | {100 * m['cer']:.2f}% |")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from compress.cli.evaluate import NAMES, add_recipe_option
+from compress.cli.evaluate import add_recipe_option, model_errors
 
 
 def add_parser(subparsers) -> None:
@@ -26,17 +26,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compress.cli import CliError
-    from compress.errors import ArgumentError
     from compress.pipeline import transcribe_files
-    from compress.recipe_checks import ConfigError
 
-    try:
+    with model_errors():
         texts = transcribe_files(args.model, args.audio, recipe=args.recipe)
-    except ArgumentError as err:
-        raise CliError(err.spell(NAMES)) from None
-    except ConfigError as err:
-        raise CliError(f"--recipe: {err}") from None
     for path, text in texts:
         print(f"{path}\t{text}")
     return 0

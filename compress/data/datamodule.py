@@ -143,8 +143,10 @@ class SpeechDataModule(pl.LightningDataModule):
             ``test*.jsonl`` (each a test split named after its file), in the
             ``ManifestDataset`` schema.
         data_dir: corpus cache root (default ``$COMPRESS_DATA_DIR`` or ``~/.cache/compress/corpus``).
-        batch_size: utterances per training batch. 48 short commands give the LSTM matrix
-            products enough rows to use 2 cores, with ~170 steps per epoch of the default corpus.
+        batch_size: utterances per training batch. The default recipe uses 16 (500 steps
+            per epoch of the default corpus): the LSTM steps through time whatever the
+            batch, so a step of 16 costs half of one of 48 and an epoch gives three times
+            the updates (docs/performance.md).
         eval_batch_size: utterances per validation/test batch (no gradients, so larger).
         num_workers: DataLoader worker processes; 0 suits in-memory features.
         n_mels: mel bins.

@@ -36,9 +36,10 @@ class CTCLSTM(CTCMixin, SpeechModel):
         n_mels: input feature size.
         subsample: time subsampling of the front end (1, 2, 4 or 8).
         conv_channels: front-end width.
-        hidden_size: LSTM units per direction. 192 x 2 layers (1.8M parameters) runs 15
-            epochs of the default corpus in about ten minutes on 2 CPU cores; a 256 x 3
-            model learns more per epoch but gets too few epochs in that budget.
+        hidden_size: LSTM units per direction. 192 x 2 layers (1.8M parameters): the
+            default run (6 epochs of 16-utterance batches) trains in about 6 minutes on
+            2 CPU cores; a 128-wide model is cheaper per step but learned less in the
+            same time (docs/performance.md).
         num_layers: LSTM layers.
         bidirectional: read utterances both ways (commands are short, so latency is small).
         dropout: between LSTM layers and before the head.
