@@ -147,6 +147,7 @@ def reload(cfg, packed_path):
 
 # -- using a trained model: MODEL and its recipe ----------------------------------------------
 RECIPE_FILES = ("results.json", ".hydra/config.yaml")  # beside MODEL, in this order
+RECIPE_KINDS = "a results.json or a Hydra .hydra/config.yaml"
 
 
 @dataclass
@@ -181,12 +182,12 @@ def read_recipe(path) -> dict:
     ``config.yaml``, resolved; ``ArgumentError("recipe", ...)`` when it holds neither."""
     path = Path(path)
     if not path.is_file():
-        raise ArgumentError("recipe", f"expected a results.json or a Hydra .hydra/config.yaml, found no file at {path}")
+        raise ArgumentError.must("recipe", RECIPE_KINDS, str(path), "no such file")
     if path.suffix == ".json":
         try:
             cfg = json.loads(path.read_text()).get("config")
         except (ValueError, AttributeError) as err:
-            raise ArgumentError("recipe", f"{path}: expected a compress-train results.json, found {err}") from None
+            raise ArgumentError.must("recipe", "a compress-train results.json", str(path), str(err)) from None
     elif path.suffix in (".yaml", ".yml"):
         from omegaconf import OmegaConf
 
@@ -195,11 +196,11 @@ def read_recipe(path) -> dict:
             # Only model and data are resolved: `recipe` uses the hydra: resolver.
             cfg = {k: OmegaConf.to_container(raw[k], resolve=True) for k in ("model", "data") if k in raw}
         except Exception as err:  # noqa: BLE001 - any YAML or interpolation error
-            raise ArgumentError("recipe", f"{path}: expected a Hydra config.yaml, found {err}") from None
+            raise ArgumentError.must("recipe", "a Hydra config.yaml", str(path), str(err)) from None
     else:
-        raise ArgumentError("recipe", f"expected a results.json or a Hydra .hydra/config.yaml, found {path.name}")
+        raise ArgumentError.must("recipe", RECIPE_KINDS, str(path))
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "_target_" not in cfg["model"]:
-        raise ArgumentError("recipe", f"{path}: expected a recipe config with a model._target_, found none")
+        raise ArgumentError.must("recipe", "a recipe config with a model._target_", str(path), "no model._target_")
     return {"model": cfg["model"], "data": cfg.get("data") or {}}
 
 
@@ -246,9 +247,9 @@ def load_model(model_path, recipe=None) -> LoadedModel:
 
     path = Path(model_path)
     if not path.is_file():
-        raise ArgumentError("model", f"expected a .ckpt or .psq file, found no file at {path}")
+        raise ArgumentError.must("model", "a .ckpt or .psq file", str(path), "no such file")
     if path.suffix not in (".ckpt", ".psq"):
-        raise ArgumentError("model", f"expected a .ckpt (Lightning checkpoint) or .psq (packed file), found {path.name}")
+        raise ArgumentError.must("model", "a .ckpt (Lightning checkpoint) or .psq (packed file)", str(path))
     recipe_path = Path(recipe) if recipe is not None else find_recipe(path)
     cfg = read_recipe(recipe_path) if recipe_path is not None else None
     if path.suffix == ".psq":
@@ -263,10 +264,11 @@ def load_model(model_path, recipe=None) -> LoadedModel:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch reports a bad file in many ways
-            raise ArgumentError("model", f"{path}: expected a Lightning checkpoint, found {type(err).__name__}: "
-                                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise ArgumentError.must("model", "a Lightning checkpoint", str(path),
+                                     f"{type(err).__name__}: {first}") from None
         if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-            raise ArgumentError("model", f"{path}: expected a Lightning checkpoint with a state_dict, found none")
+            raise ArgumentError.must("model", "a Lightning checkpoint with a state_dict", str(path), "no state_dict")
         if cfg is None:
             model = _from_hyperparameters(ckpt, path)
             model.eval()
@@ -294,11 +296,12 @@ def manifest_test_loaders(manifest_dir, loaded: LoadedModel) -> dict:
 
     folder = Path(manifest_dir)
     if not folder.is_dir():
-        raise ArgumentError("manifest_dir", f"expected a folder with test*.jsonl manifests, found no folder at {folder}")
+        raise ArgumentError.must("manifest_dir", "a folder with test*.jsonl manifests", str(folder), "no such folder")
     found = {p.stem: p for p in sorted(folder.glob("test*.jsonl"))}
     if not found:
         names = sorted(p.name for p in folder.glob("*.jsonl"))
-        raise ArgumentError("manifest_dir", f"expected at least one test*.jsonl in {folder}, found {names or 'none'}")
+        raise ArgumentError.must("manifest_dir", "a folder with at least one test*.jsonl", str(folder),
+                                 f"holding {', '.join(names) or 'no .jsonl'}")
     featurizer = loaded.featurizer()
     loaders = {}
     for split, manifest in found.items():
@@ -328,11 +331,11 @@ def read_audio(path):
 
     path = Path(path)
     if not path.is_file():
-        raise ArgumentError("audio", f"expected a WAV file, found no file at {path}")
+        raise ArgumentError.must("audio", "a WAV file", str(path), "no such file")
     try:
         return read_wav(path)
     except (wave.Error, EOFError, ValueError) as err:
-        raise ArgumentError("audio", f"{path}: expected a PCM WAV file, found {err or 'a truncated file'}") from None
+        raise ArgumentError.must("audio", "a PCM WAV file", str(path), str(err) or "a truncated file") from None
 
 
 def transcribe_files(model_path, audio_paths: Sequence, recipe=None) -> list[tuple[str, str]]:
@@ -342,7 +345,7 @@ def transcribe_files(model_path, audio_paths: Sequence, recipe=None) -> list[tup
     import torch
 
     if not audio_paths:
-        raise ArgumentError("audio", "expected at least one WAV file, found none")
+        raise ArgumentError.must("audio", "one or more WAV files", list(audio_paths))
     audio = [read_audio(p) for p in audio_paths]
     loaded = load_model(model_path, recipe)
     featurizer = loaded.featurizer()

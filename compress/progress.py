@@ -26,6 +26,8 @@ import time
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks.progress import ProgressBar
 
+from compress.checks import check_int
+
 STAGES = ("data", "forward", "backward", "callbacks", "optimizer", "validation")
 
 
@@ -153,9 +155,7 @@ class RunProgress(ProgressBar):
 
     def __init__(self, warmup_steps: int = 5, after_fit_batches: int = 0, stream=None):
         super().__init__()
-        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 1:
-            raise ValueError(f"warmup_steps: expected an int >= 1, got {warmup_steps!r}")
-        self.warmup_steps = warmup_steps
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, min=1)
         self.after_fit_batches = after_fit_batches
         self.stream = stream
         self._enabled = True

@@ -28,9 +28,9 @@ def collect(root: str | os.PathLike) -> list[dict]:
     """
     root = Path(root)
     if not root.exists():
-        raise ArgumentError("root", f"no such directory: {root}")
+        raise ArgumentError.must("root", "a run or multirun directory", str(root), "no such directory")
     if not root.is_dir():
-        raise ArgumentError("root", f"expected a run or multirun directory, got a file: {root}")
+        raise ArgumentError.must("root", "a run or multirun directory", str(root), "a file")
     found = []
     for path in sorted(root.rglob("results.json")):
         try:
@@ -41,7 +41,8 @@ def collect(root: str | os.PathLike) -> list[dict]:
         data["_run"] = str(path.parent.relative_to(root)) or "."
         found.append(data)
     if not found:
-        raise ArgumentError("root", f"no results.json under {root} (is it a compress-train output directory?)")
+        raise ArgumentError.must("root", "a compress-train run or multirun directory", str(root),
+                                 "no results.json under it")
     return found
 
 

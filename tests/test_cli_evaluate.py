@@ -88,25 +88,27 @@ def test_errors_name_the_argument(tiny_run, corpus, tmp_path, capsys):
     wav = corpus[0].datasets["test_voices"].manifest.rows[0]["audio"]
     ckpt, psq = str(out_dir / "model.ckpt"), str(out_dir / "model.psq")
     err = _error(["transcribe", ckpt, str(tmp_path / "missing.wav")], capsys)
-    assert err == f"compress: error: AUDIO: expected a WAV file, found no file at {tmp_path / 'missing.wav'}\n"
+    assert err == f"compress: error: AUDIO must be a WAV file, got {str(tmp_path / 'missing.wav')!r} (no such file)\n"
     (tmp_path / "notes.wav").write_text("not audio at all")
     err = _error(["transcribe", ckpt, wav, str(tmp_path / "notes.wav")], capsys)
-    assert err.startswith(f"compress: error: AUDIO: {tmp_path / 'notes.wav'}: expected a PCM WAV file, found ")
+    assert err.startswith(f"compress: error: AUDIO must be a PCM WAV file, got {str(tmp_path / 'notes.wav')!r} (")
     err = _error(["evaluate", str(tmp_path / "missing.ckpt"), "--manifest-dir", str(corpus[1])], capsys)
-    assert "MODEL: expected a .ckpt or .psq file, found no file at" in err
+    assert f"MODEL must be a .ckpt or .psq file, got {str(tmp_path / 'missing.ckpt')!r} (no such file)" in err
     (tmp_path / "model.pt").write_bytes(b"x")
     err = _error(["transcribe", str(tmp_path / "model.pt"), wav], capsys)
-    assert "MODEL: expected a .ckpt (Lightning checkpoint) or .psq (packed file), found model.pt" in err
+    assert "MODEL must be a .ckpt (Lightning checkpoint) or .psq (packed file), got " in err and "model.pt'" in err
     shutil.copy(psq, tmp_path / "model.psq")  # a .psq without its recipe
     err = _error(["evaluate", str(tmp_path / "model.psq"), "--manifest-dir", str(corpus[1])], capsys)
     assert "MODEL: " in err and "found no recipe beside it (results.json or .hydra/config.yaml" in err
     assert "pass --recipe RUN_DIR/results.json" in err
     err = _error(["transcribe", psq, "--recipe", str(tmp_path / "nope.json"), wav], capsys)
-    assert "--recipe: expected a results.json or a Hydra .hydra/config.yaml, found no file at" in err
+    assert "--recipe must be a results.json or a Hydra .hydra/config.yaml, got " in err and "(no such file)" in err
     err = _error(["evaluate", ckpt, "--manifest-dir", str(tmp_path / "nodir")], capsys)
-    assert "--manifest-dir: expected a folder with test*.jsonl manifests, found no folder at" in err
+    assert f"--manifest-dir must be a folder with test*.jsonl manifests, got {str(tmp_path / 'nodir')!r} " \
+        "(no such folder)" in err
     err = _error(["evaluate", ckpt, "--manifest-dir", str(tmp_path)], capsys)
-    assert f"--manifest-dir: expected at least one test*.jsonl in {tmp_path}, found none" in err
+    assert f"--manifest-dir must be a folder with at least one test*.jsonl, got {str(tmp_path)!r} " \
+        "(holding no .jsonl)" in err
 
 
 @pytest.mark.parametrize("command", ["evaluate", "transcribe"])

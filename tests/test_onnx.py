@@ -461,9 +461,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     model = built_in("CTCLSTM")(**SMALL["CTCLSTM"])
     write_checkpoint(model, tmp_path / "m.ckpt")
     assert cli("export-onnx", tmp_path / "m.ckpt", "-o", tmp_path / "m.onnx", "--model-class", "nowhere.Model") == 2
-    assert "--model-class: cannot import 'nowhere.Model'" in capsys.readouterr().err
+    assert "--model-class must be an importable class path, got 'nowhere.Model'" in capsys.readouterr().err
     assert cli("export-onnx", tmp_path / "m.ckpt", "-o", tmp_path / "m.txt") == 2
-    assert "expected a path ending in .onnx" in capsys.readouterr().err
+    assert "-o/--output must be a path ending in .onnx, got " in capsys.readouterr().err
     assert cli("export-onnx", tmp_path / "m.ckpt", "-o", tmp_path / "m.onnx", "--opset", "11", "--no-check") == 2
     assert "opset must be an integer >= 13" in capsys.readouterr().err
     ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
@@ -510,10 +510,10 @@ def test_checkpoint_to_onnx_errors_name_the_argument(tmp_path):
     out = tmp_path / "m.onnx"
     with pytest.raises(ArgumentError) as err:
         checkpoint_to_onnx(tmp_path / "m.ckpt", out, frames=0)
-    assert (err.value.argument, str(err.value)) == ("frames", "frames: expected an integer >= 1, got 0")
-    with pytest.raises(ArgumentError, match=r"^output: expected a path ending in \.onnx, got '.*m\.txt'$"):
+    assert (err.value.argument, str(err.value)) == ("frames", "frames must be an integer >= 1, got 0")
+    with pytest.raises(ArgumentError, match=r"^output must be a path ending in \.onnx, got '.*m\.txt'$"):
         checkpoint_to_onnx(tmp_path / "m.ckpt", tmp_path / "m.txt")
-    with pytest.raises(ArgumentError, match="^model_class: cannot import 'nowhere.Model'"):
+    with pytest.raises(ArgumentError, match="^model_class must be an importable class path, got 'nowhere.Model'"):
         checkpoint_to_onnx(tmp_path / "m.ckpt", out, model_class="nowhere.Model")
     with pytest.raises(ArgumentError) as err:  # a model whose hyper-parameters do not say it
         feature_size({"hyper_parameters": {"width": 4}})

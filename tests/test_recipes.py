@@ -133,8 +133,8 @@ def test_bad_configs_name_the_key(tmp_path, override, expected):
 def test_report_errors_are_one_line(tmp_path):
     r = _cli([str(BIN / "compress"), "report", str(tmp_path)], tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip() == f"compress: error: DIR: no results.json under {tmp_path} " \
-        "(is it a compress-train output directory?)"
+    assert r.stderr.strip() == f"compress: error: DIR must be a compress-train run or multirun directory, " \
+        f"got {str(tmp_path)!r} (no results.json under it)"
 
 
 SMALL = {

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from compress.bench.baselines import label, plan, read_setting, row_order
+from compress.checks import check_choice, check_int
 
 SETTINGS = (("easy", "sparse50_qreg8"), ("hard", "sparse75_qreg4"))  # (setting, recipe of ours)
 SPLIT = "test_voices"  # the split the targets are computed on (voices never heard in training)
@@ -49,32 +50,92 @@ def add_arguments(parser, prefix: str = "accuracy-") -> None:
     ``--epochs``); ``--threads`` (per training) and ``--out`` are the dispatcher's.
     ``python -m compress.bench.accuracy`` uses ``prefix=""``.
     """
-    parser.add_argument(f"--{prefix}size", choices=("tiny", "full"), default="full",
-                        help="tiny: the experiment=tiny settings (CI); full: the experiment=full recipe (default)")
-    parser.add_argument(f"--{prefix}epochs", type=int, default=None,
-                        help="epochs of every training (default: the recipe's)")
-    parser.add_argument(f"--{prefix}jobs", type=int, default=2, help="trainings run in parallel (default 2)")
-    parser.add_argument(f"--{prefix}data-dir", default=None, help="corpus cache root (default: the datamodule's)")
-    parser.add_argument(f"--{prefix}reuse", action="store_true",
-                        help="keep a training whose checkpoint was made with the same settings and composed "
-                             "recipe (model, compression, trainer, seed)")
+    add_training_arguments(parser, prefix, epochs_help="epochs of every training (default: the recipe's)",
+                           reuse_help="keep a training whose checkpoint was made with the same settings and "
+                                      "composed recipe (model, compression, trainer, seed)")
 
 
 def _options(args) -> argparse.Namespace:
     """The options from ``args`` (either naming style), defaults for what is missing."""
-    prefixed = any(hasattr(args, f"accuracy_{k}") for k in OPTIONS)
-    opts = argparse.Namespace(size="full", epochs=None, jobs=2, data_dir=None, reuse=False, threads=1, out=None)
+    opts = read_options(args, "accuracy", OPTIONS)
+    if opts.epochs is not None:
+        check_int("--epochs", opts.epochs, min=1)
+    return opts
+
+
+# -- shared by the sections that train (accuracy, finetune) -----------------------------------
+def add_training_arguments(parser, prefix: str, epochs_help: str, reuse_help: str) -> None:
+    """``--{prefix}size``, ``epochs``, ``jobs``, ``data-dir`` and ``reuse``: the options of
+    every section that trains, each section saying what its epochs and reuse mean."""
+    parser.add_argument(f"--{prefix}size", choices=("tiny", "full"), default="full",
+                        help="tiny: the experiment=tiny settings (CI); full: the experiment=full recipe (default)")
+    parser.add_argument(f"--{prefix}epochs", type=int, default=None, help=epochs_help)
+    parser.add_argument(f"--{prefix}jobs", type=int, default=2, help="trainings run in parallel (default 2)")
+    parser.add_argument(f"--{prefix}data-dir", default=None, help="corpus cache root (default: the datamodule's)")
+    parser.add_argument(f"--{prefix}reuse", action="store_true", help=reuse_help)
+
+
+def read_options(args, section: str, options, **defaults) -> argparse.Namespace:
+    """A training section's options from ``args``: ``--{section}-*`` under the dispatcher,
+    unprefixed under ``python -m compress.bench.{section}``; defaults for what is missing
+    (``defaults`` adds the section's own). Checks ``size``, ``jobs`` and ``threads``."""
+    prefixed = any(hasattr(args, f"{section}_{k}") for k in options)
+    opts = argparse.Namespace(size="full", epochs=None, jobs=2, data_dir=None, reuse=False, **defaults,
+                              threads=1, out=None)
     for k in vars(opts):
-        v = getattr(args, f"accuracy_{k}" if prefixed and k in OPTIONS else k, None)
+        v = getattr(args, f"{section}_{k}" if prefixed and k in options else k, None)
         if v is not None:
             setattr(opts, k, v)
-    if opts.size not in ("tiny", "full"):
-        raise ValueError(f"--size must be 'tiny' or 'full', got {opts.size!r}")
-    for name in ("jobs", "threads") + (("epochs",) if opts.epochs is not None else ()):
-        v = getattr(opts, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name} must be an integer >= 1, got {v!r}")
+    check_choice("--size", opts.size, ("tiny", "full"))
+    for name in ("jobs", "threads"):
+        check_int(f"--{name}", getattr(opts, name), min=1)
     return opts
+
+
+def output_dir(opts, section: str) -> Path:
+    """``--out``, by default ``bench/`` for a full run and a fresh temporary folder for a tiny one."""
+    if opts.out is None:
+        opts.out = "bench" if opts.size == "full" else tempfile.mkdtemp(prefix=f"compress-bench-{section}-")
+    return Path(opts.out).resolve()
+
+
+def command_line(module: str, opts, *extra: str) -> str:
+    """The command that reruns ``module`` with ``opts`` (``extra``: the section's own options)."""
+    parts = ["python", "-m", module, "--size", opts.size, "--jobs", str(opts.jobs),
+             "--threads", str(opts.threads), "--out", str(opts.out), *extra]
+    if opts.data_dir is not None:
+        parts += ["--data-dir", str(opts.data_dir)]
+    if opts.reuse:
+        parts.append("--reuse")
+    return shlex.join(parts)
+
+
+def machine(opts) -> dict:
+    """The machine and the parallelism a run had, for its report."""
+    import torch
+
+    return {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "jobs": opts.jobs, "threads_per_training": opts.threads, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_report(out: Path, stem: str, results: dict, text: str) -> None:
+    """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (``text``), printing the table."""
+    from compress.atomic import write_text
+
+    write_text(out / f"{stem}.json", json.dumps(results, indent=2) + "\n")
+    write_text(out / f"{stem}.md", text)
+    print(text, flush=True)
+    print(f"written: {out / f'{stem}.md'}, {out / f'{stem}.json'}", flush=True)
+
+
+def section_parser(module: str, doc: str, add_arguments) -> argparse.ArgumentParser:
+    """The parser of ``python -m {module}``: the section's options unprefixed, ``--threads`` and ``--out``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    add_arguments(parser, prefix="")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
+    parser.add_argument("--out", default=None, help="output folder (default bench/ for full, a temp dir for tiny)")
+    return parser
 
 
 def base_overrides(opts) -> list[str]:
@@ -380,29 +441,17 @@ def run_jobs(specs: list[dict], jobs: int, threads: int, log_dir: Path, status_e
 
 
 def _command(opts) -> str:
-    parts = ["python", "-m", "compress.bench.accuracy", "--size", opts.size, "--jobs", str(opts.jobs),
-             "--threads", str(opts.threads), "--out", str(opts.out)]
-    if opts.epochs is not None:
-        parts += ["--epochs", str(opts.epochs)]
-    if opts.data_dir is not None:
-        parts += ["--data-dir", str(opts.data_dir)]
-    if opts.reuse:
-        parts.append("--reuse")
-    return shlex.join(parts)
+    return command_line("compress.bench.accuracy", opts,
+                        *(["--epochs", str(opts.epochs)] if opts.epochs is not None else []))
 
 
 def run(args=None) -> dict:
     """Run the section (all trainings, then the table); returns the results dict."""
-    import torch
-
-    from compress.atomic import write_text
     from compress.pipeline import build_datamodule
 
     opts = _options(args)
     t0 = time.perf_counter()
-    if opts.out is None:
-        opts.out = "bench" if opts.size == "full" else tempfile.mkdtemp(prefix="compress-bench-accuracy-")
-    out = Path(opts.out).resolve()
+    out = output_dir(opts, "accuracy")
     runs = out / "accuracy_runs"
     runs.mkdir(parents=True, exist_ok=True)
     base = base_overrides(opts)
@@ -428,24 +477,15 @@ def run(args=None) -> dict:
         "trainings": {n: d["train"] for n, d in done.items()},
         "targets": check_targets(rows, SPLIT),
         "wall_seconds": time.perf_counter() - t0,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "jobs": opts.jobs, "threads_per_training": opts.threads, "torch": torch.__version__,
-                    "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(opts),
     }
-    write_text(out / "accuracy.json", json.dumps(results, indent=2) + "\n")
-    text = format_markdown(results)
-    write_text(out / "accuracy.md", text)
-    print(text, flush=True)
-    print(f"written: {out / 'accuracy.md'}, {out / 'accuracy.json'}", flush=True)
+    write_report(out, "accuracy", results, format_markdown(results))
     return results
 
 
 def main(argv=None) -> None:
     """``python -m compress.bench.accuracy``."""
-    parser = argparse.ArgumentParser(prog="python -m compress.bench.accuracy", description=__doc__.split("\n\n")[0])
-    add_arguments(parser, prefix="")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
-    parser.add_argument("--out", default=None, help="output folder (default bench/ for full, a temp dir for tiny)")
+    parser = section_parser("compress.bench.accuracy", __doc__, add_arguments)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

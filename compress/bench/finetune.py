@@ -30,15 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import shlex
-import tempfile
 import time
 from pathlib import Path
 
 from compress.bench import accuracy
 from compress.bench.baselines import label
+from compress.checks import check_int
 
 FT_EPOCHS = 3
 FT_OVERRIDES = ("++model.lr=0.001", "++model.schedule=cosine")  # a fine-tuning schedule, the same for every method
@@ -58,14 +55,9 @@ OPTIONS = ("size", "epochs", "jobs", "data_dir", "reuse", "seeds", "groups")
 
 def add_arguments(parser, prefix: str = "finetune-") -> None:
     """The section's options (``--finetune-*`` under ``python -m compress.bench``)."""
-    parser.add_argument(f"--{prefix}size", choices=("tiny", "full"), default="full",
-                        help="tiny: the experiment=tiny settings (CI); full: the experiment=full recipe (default)")
-    parser.add_argument(f"--{prefix}epochs", type=int, default=None,
-                        help=f"fine-tuning epochs of every method (default {FT_EPOCHS}; 1 for tiny)")
-    parser.add_argument(f"--{prefix}jobs", type=int, default=2, help="trainings run in parallel (default 2)")
-    parser.add_argument(f"--{prefix}data-dir", default=None, help="corpus cache root (default: the datamodule's)")
-    parser.add_argument(f"--{prefix}reuse", action="store_true",
-                        help="keep trainings and figures made with the same settings (run the study in batches)")
+    accuracy.add_training_arguments(
+        parser, prefix, epochs_help=f"fine-tuning epochs of every method (default {FT_EPOCHS}; 1 for tiny)",
+        reuse_help="keep trainings and figures made with the same settings (run the study in batches)")
     parser.add_argument(f"--{prefix}seeds", type=int, default=None,
                         help=f"seeds of the hard setting (default {SEEDS}; 2 for tiny)")
     parser.add_argument(f"--{prefix}groups", default=",".join(GROUPS),
@@ -73,21 +65,11 @@ def add_arguments(parser, prefix: str = "finetune-") -> None:
 
 
 def _options(args) -> argparse.Namespace:
-    prefixed = any(hasattr(args, f"finetune_{k}") for k in OPTIONS)
-    opts = argparse.Namespace(size="full", epochs=None, jobs=2, data_dir=None, reuse=False, seeds=None,
-                              groups=",".join(GROUPS), threads=1, out=None)
-    for k in vars(opts):
-        v = getattr(args, f"finetune_{k}" if prefixed and k in OPTIONS else k, None)
-        if v is not None:
-            setattr(opts, k, v)
-    if opts.size not in ("tiny", "full"):
-        raise ValueError(f"--size must be 'tiny' or 'full', got {opts.size!r}")
+    opts = accuracy.read_options(args, "finetune", OPTIONS, seeds=None, groups=",".join(GROUPS))
     opts.epochs = opts.epochs if opts.epochs is not None else (1 if opts.size == "tiny" else FT_EPOCHS)
     opts.seeds = opts.seeds if opts.seeds is not None else (2 if opts.size == "tiny" else SEEDS)
-    for name in ("jobs", "threads", "epochs", "seeds"):
-        v = getattr(opts, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name} must be an integer >= 1, got {v!r}")
+    for name in ("epochs", "seeds"):
+        check_int(f"--{name}", getattr(opts, name), min=1)
     groups = [g for g in str(opts.groups).split(",") if g]
     bad = [g for g in groups if g not in GROUPS]
     if bad or not groups:
@@ -333,28 +315,17 @@ def plot(entries: list[dict], path: Path, split: str = accuracy.SPLIT) -> bool:
 
 
 def _command(opts) -> str:
-    parts = ["python", "-m", "compress.bench.finetune", "--size", opts.size, "--jobs", str(opts.jobs),
-             "--threads", str(opts.threads), "--out", str(opts.out), "--epochs", str(opts.epochs),
-             "--seeds", str(opts.seeds), "--groups", ",".join(opts.groups)]
-    if opts.data_dir is not None:
-        parts += ["--data-dir", str(opts.data_dir)]
-    if opts.reuse:
-        parts.append("--reuse")
-    return shlex.join(parts)
+    return accuracy.command_line("compress.bench.finetune", opts, "--epochs", str(opts.epochs),
+                                 "--seeds", str(opts.seeds), "--groups", ",".join(opts.groups))
 
 
 def run(args=None) -> dict:
     """Run the section (the fp32 bases, then the fine-tunings, then the table)."""
-    import torch
-
-    from compress.atomic import write_text
     from compress.pipeline import build_datamodule
 
     opts = _options(args if args is not None else argparse.Namespace())
     t0 = time.perf_counter()
-    if opts.out is None:
-        opts.out = "bench" if opts.size == "full" else tempfile.mkdtemp(prefix="compress-bench-finetune-")
-    out = Path(opts.out).resolve()
+    out = accuracy.output_dir(opts, "finetune")
     runs = out / "accuracy_runs"
     runs.mkdir(parents=True, exist_ok=True)
     acc = argparse.Namespace(size=opts.size, epochs=None, threads=opts.threads, data_dir=opts.data_dir)
@@ -371,27 +342,17 @@ def run(args=None) -> dict:
         "command": _command(opts), "size": opts.size, "epochs": opts.epochs,
         "base_epochs": int(cfg.trainer.max_epochs), "split": accuracy.SPLIT, "rows": rows, "entries": entries,
         "targets": check_targets(entries), "wall_seconds": time.perf_counter() - t0,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "jobs": opts.jobs, "threads_per_training": opts.threads, "torch": torch.__version__,
-                    "python": platform.python_version(), "platform": platform.platform()},
+        "machine": accuracy.machine(opts),
     }
     if plot(entries, out / "accuracy_finetune.png"):
         results["plot"] = "accuracy_finetune.png"
-    write_text(out / "accuracy_finetune.json", json.dumps(results, indent=2) + "\n")
-    text = format_markdown(results)
-    write_text(out / "accuracy_finetune.md", text)
-    print(text, flush=True)
-    print(f"written: {out / 'accuracy_finetune.md'}, {out / 'accuracy_finetune.json'}", flush=True)
+    accuracy.write_report(out, "accuracy_finetune", results, format_markdown(results))
     return results
 
 
 def main(argv=None) -> None:
     """``python -m compress.bench.finetune``."""
-    parser = argparse.ArgumentParser(prog="python -m compress.bench.finetune", description=__doc__.split("\n\n")[0])
-    add_arguments(parser, prefix="")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per training (default 1)")
-    parser.add_argument("--out", default=None, help="output folder (default bench/ for full, a temp dir for tiny)")
-    run(parser.parse_args(argv))
+    run(accuracy.section_parser("compress.bench.finetune", __doc__, add_arguments).parse_args(argv))
 
 
 if __name__ == "__main__":

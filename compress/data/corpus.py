@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.checks import check_int, check_number, fail
 from compress.data import templates
 
 CORPUS_VERSION = 2  # bump when generation changes, so old caches are not reused
@@ -82,24 +83,21 @@ class CorpusConfig:
 
     def __post_init__(self):
         for name in ("num_train", "num_valid", "num_test_voices", "num_test_sentences", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+            check_int(name, getattr(self, name), min=0)
         for name in ("accents", "train_variants", "test_variants"):
             v = getattr(self, name)
             if isinstance(v, str) or not v or not all(isinstance(x, str) for x in v):
-                raise ValueError(f"{name}: expected a non-empty list of strings, got {v!r}")
+                fail(name, "a non-empty list of strings", v)
             object.__setattr__(self, name, tuple(v))  # lists from Hydra -> hashable tuples
         overlap = set(self.train_variants) & set(self.test_variants)
         if overlap:
-            raise ValueError(f"test_variants: must not overlap train_variants, found {sorted(overlap)}")
+            raise ValueError(f"test_variants must not overlap train_variants, got {sorted(overlap)} in both")
         for name in ("rate", "pitch", "pitch_range", "snr_db"):
             v = tuple(getattr(self, name))
             if len(v) != 2 or v[0] > v[1]:
-                raise ValueError(f"{name}: expected a (low, high) pair with low <= high, got {v!r}")
+                fail(name, "a (low, high) pair with low <= high", v)
             object.__setattr__(self, name, v)
-        if not 0.0 < self.held_out_fraction < 1.0:
-            raise ValueError(f"held_out_fraction: expected a float in (0, 1), got {self.held_out_fraction!r}")
+        check_number("held_out_fraction", self.held_out_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
 
     def digest(self) -> str:
         blob = json.dumps({"version": CORPUS_VERSION, **dataclasses.asdict(self)}, sort_keys=True)

@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from compress.checks import check_int, fail
 from compress.data.features import LogMel, SpecAugment
 from compress.data.manifest import ManifestDataset
 from compress.data.text import VOCAB_SIZE
@@ -169,10 +170,9 @@ class SpeechDataModule(pl.LightningDataModule):
                  gen_workers: int = 2, progress: bool = True):
         super().__init__()
         for name, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+            check_int(name, v, min=1)
         if corpus is not None and not hasattr(corpus, "keys"):
-            raise TypeError(f"corpus: expected a dict of CorpusConfig fields or None, got {type(corpus).__name__}")
+            fail("corpus", "a dict of CorpusConfig fields or None", corpus, TypeError)
         self.corpus = dict(corpus) if corpus is not None else {}
         self.manifest_dir = manifest_dir
         self.data_dir = data_dir
@@ -191,9 +191,11 @@ class SpeechDataModule(pl.LightningDataModule):
             found = {p.stem: p for p in sorted(folder.glob("*.jsonl"))}
             for need in ("train", "valid"):
                 if need not in found:
-                    raise ValueError(f"manifest_dir: expected {folder / (need + '.jsonl')}, found {sorted(found)}")
+                    raise ValueError(f"manifest_dir must be a folder with {need}.jsonl, got {str(folder)!r} "
+                                     f"(holding {sorted(found)})")
             if not any(s.startswith("test") for s in found):
-                raise ValueError(f"manifest_dir: expected at least one test*.jsonl in {folder}, found {sorted(found)}")
+                raise ValueError(f"manifest_dir must be a folder with at least one test*.jsonl, got {str(folder)!r} "
+                                 f"(holding {sorted(found)})")
             return {s: p for s, p in found.items() if s in ("train", "valid") or s.startswith("test")}
         from compress.data.corpus import CorpusConfig, ensure_corpus
 

@@ -21,6 +21,8 @@ import threading
 
 import numpy as np
 
+from compress.checks import check_int, fail
+
 SAMPLE_RATE = 22050  # what libespeak-ng reports for every voice
 
 # Values from espeak-ng's speak_lib.h.
@@ -117,11 +119,10 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50
         True
     """
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"text: expected a non-empty string, got {text!r}")
+        fail("text", "a non-empty string", text)
     for name, value, lo, hi in (("rate", rate, 80, 450), ("pitch", pitch, 0, 100),
                                 ("pitch_range", pitch_range, 0, 100)):
-        if not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"{name}: expected an int in [{lo}, {hi}], got {value!r}")
+        check_int(name, value, min=lo, max=hi)
     with _lock:
         lib = _library()
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:

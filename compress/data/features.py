@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compress.checks import check_int, check_number, fail
+
 
 class LogMel(nn.Module):
     """Log-mel spectrogram, (N,) audio -> (T, n_mels) frames.
@@ -41,10 +43,10 @@ class LogMel(nn.Module):
         super().__init__()
         import torchaudio
 
-        if n_mels < 1:
-            raise ValueError(f"n_mels: expected an int >= 1, got {n_mels!r}")
-        if not 0 < hop_ms <= win_ms:
-            raise ValueError(f"hop_ms: expected 0 < hop_ms <= win_ms ({win_ms}), got {hop_ms!r}")
+        check_int("n_mels", n_mels, min=1)
+        check_number("hop_ms", hop_ms, low=0.0, low_open=True)
+        if hop_ms > win_ms:
+            fail("hop_ms", f"<= win_ms ({win_ms})", hop_ms)
         win = int(round(sample_rate * win_ms / 1000))
         self.n_mels = n_mels
         self.normalize = normalize
@@ -56,7 +58,7 @@ class LogMel(nn.Module):
     @torch.no_grad()
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.dim() != 1:
-            raise ValueError(f"audio: expected a 1-D (N,) tensor, got shape {tuple(audio.shape)}")
+            raise ValueError(f"audio must be a 1-D (N,) tensor, got shape {tuple(audio.shape)}")
         x = torch.log(self.mel(audio.float()) + 1e-6).T  # (T, F)
         if self.normalize:
             x = (x - x.mean(0, keepdim=True)) / (x.std(0, keepdim=True) + 1e-5)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import string
 
+from compress.checks import fail
+
 BLANK = 0
 VOCAB: tuple[str, ...] = ("<blank>", " ", "'") + tuple(string.ascii_lowercase)
 VOCAB_SIZE = len(VOCAB)  # 29
@@ -28,7 +30,7 @@ def normalize(text: str) -> str:
         'turn on'
     """
     if not isinstance(text, str):
-        raise TypeError(f"text: expected str, got {type(text).__name__}")
+        fail("text", "a str", text, TypeError)
     return " ".join(text.lower().split())
 
 
@@ -44,10 +46,8 @@ def encode(text: str) -> list[int]:
     for pos, ch in enumerate(text):
         idx = _INDEX.get(ch)
         if idx is None:
-            raise ValueError(
-                f"text: character {ch!r} at position {pos} of {text!r} is outside the vocabulary "
-                "(expected space, apostrophe or a-z)"
-            )
+            raise ValueError(f"text must hold only spaces, apostrophes and a-z, got {text!r} "
+                             f"({ch!r} at position {pos})")
         out.append(idx)
     return out
 
@@ -63,7 +63,7 @@ def decode(ids) -> str:
     for i in ids:
         i = int(i)
         if not 0 <= i < VOCAB_SIZE:
-            raise ValueError(f"ids: expected values in [0, {VOCAB_SIZE}), found {i}")
+            raise ValueError(f"ids must hold values in [0, {VOCAB_SIZE}), got {i}")
         if i != BLANK:
             chars.append(VOCAB[i])
     return "".join(chars)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from compress.checks import check_choice, check_int, check_number, fail
 from compress.data.text import BLANK, ctc_collapse
 
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -29,16 +30,11 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 
 def check_common(vocab_size, lr, weight_decay, schedule, warmup_pct) -> None:
     """Validate the constructor arguments every model takes."""
-    if not isinstance(vocab_size, int) or vocab_size < 2:
-        raise ValueError(f"vocab_size: expected an int >= 2 (blank + at least one symbol), got {vocab_size!r}")
-    if not lr > 0:
-        raise ValueError(f"lr: expected a float > 0, got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay: expected a float >= 0, got {weight_decay!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
-    if not 0.0 < warmup_pct < 1.0:
-        raise ValueError(f"warmup_pct: expected a float in (0, 1), got {warmup_pct!r}")
+    check_int("vocab_size", vocab_size, min=2)  # the blank and at least one symbol
+    check_number("lr", lr, low=0.0, low_open=True, finite=True)
+    check_number("weight_decay", weight_decay, low=0.0, finite=True)
+    check_choice("schedule", schedule, SCHEDULES)
+    check_number("warmup_pct", warmup_pct, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 class ConvSubsampling(nn.Module):
@@ -57,7 +53,7 @@ class ConvSubsampling(nn.Module):
     def __init__(self, in_features: int, channels: int, factor: int = 4):
         super().__init__()
         if factor not in (1, 2, 4, 8):
-            raise ValueError(f"factor: expected 1, 2, 4 or 8, got {factor!r}")
+            fail("factor", "1, 2, 4 or 8", factor)
         # 8: the second convolution strides 4 (kernel 5 still covers every input frame).
         self.strides = {1: (1, 1), 2: (2, 1), 4: (2, 2), 8: (2, 4)}[factor]
         self.conv1 = nn.Conv1d(in_features, channels, 5, stride=self.strides[0], padding=2)

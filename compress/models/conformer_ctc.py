@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compress.checks import fail
 from compress.data.text import VOCAB_SIZE
 from compress.models.base import ConvSubsampling, CTCMixin, SpeechModel, check_common
 
@@ -47,9 +48,9 @@ class ConformerCTC(CTCMixin, SpeechModel):
         super().__init__()
         check_common(vocab_size, lr, weight_decay, schedule, warmup_pct)
         if d_model % num_heads:
-            raise ValueError(f"d_model: expected a multiple of num_heads ({num_heads}), got {d_model}")
+            fail("d_model", f"a multiple of num_heads ({num_heads})", d_model)
         if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size: expected an odd int, got {kernel_size}")
+            fail("kernel_size", "an odd integer", kernel_size)
         self.save_hyperparameters()
         import torchaudio
 

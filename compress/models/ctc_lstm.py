@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from compress.checks import check_int
 from compress.data.text import VOCAB_SIZE
 from compress.models.base import ConvSubsampling, CTCMixin, SpeechModel, check_common
 from compress.models.lstm import run_lstm
@@ -60,8 +61,7 @@ class CTCLSTM(CTCMixin, SpeechModel):
         for name, v in (("n_mels", n_mels), ("conv_channels", conv_channels),
                         ("hidden_size", hidden_size), ("num_layers", num_layers),
                         ("upsample", upsample)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+            check_int(name, v, min=1)
         self.save_hyperparameters()
         self.frontend = ConvSubsampling(n_mels, conv_channels, subsample)
         self.lstm = nn.LSTM(conv_channels, hidden_size, num_layers, batch_first=True,

@@ -52,12 +52,11 @@ def _direction(lstm: nn.LSTM, layer: int, suffix: str, x: torch.Tensor) -> torch
 def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``lstm`` over the padded batch ``x`` (B, T, C), as if packed by ``lengths`` (B,).
 
-    Returns (B, T, H * directions). Frames at or past an utterance's length hold values
-    that mean nothing (a packed run gives zeros there); callers ignore them, as CTC does
-    beyond ``lengths``. Supports ``batch_first`` LSTMs without projections.
+    Returns (B, T, H * directions), zero at and past each utterance's length, as
+    ``pad_packed_sequence`` gives. Supports ``batch_first`` LSTMs without projections.
     """
     if not lstm.batch_first or lstm.proj_size:
-        raise ValueError("lstm: expected batch_first=True and proj_size=0, "
+        raise ValueError("lstm must be batch_first=True with proj_size=0, "
                          f"got batch_first={lstm.batch_first}, proj_size={lstm.proj_size}")
     for layer in range(lstm.num_layers):
         if layer > 0 and lstm.dropout and lstm.training:
@@ -67,4 +66,5 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
             back = reverse_within(_direction(lstm, layer, "_reverse", reverse_within(x, lengths)), lengths)
             out = torch.cat([out, back], dim=-1)  # (B, T, 2H)
         x = out
-    return x
+    valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
+    return x * valid[:, :, None]

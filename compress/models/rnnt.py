@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from compress.checks import check_int
 from compress.data.text import BLANK, VOCAB_SIZE, decode
 from compress.models.base import ConvSubsampling, SpeechModel, check_common
 
@@ -55,8 +56,7 @@ class RNNT(SpeechModel):
                  weight_decay: float = 1e-2, schedule: str = "onecycle", warmup_pct: float = 0.15):
         super().__init__()
         check_common(vocab_size, lr, weight_decay, schedule, warmup_pct)
-        if not isinstance(max_symbols, int) or max_symbols < 1:
-            raise ValueError(f"max_symbols: expected an int >= 1, got {max_symbols!r}")
+        check_int("max_symbols", max_symbols, min=1)
         self.save_hyperparameters()
         self.frontend = ConvSubsampling(n_mels, conv_channels, subsample)
         self.encoder = nn.LSTM(conv_channels, encoder_hidden, encoder_layers, batch_first=True,

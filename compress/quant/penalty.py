@@ -31,9 +31,9 @@ clamped by export. Two choices, ``pull_clipped``:
 * True (the default): it is pulled to the edge level, ``R += (π²/(2Δ²))·(w − clamp(w))²``
   (the quadratic continues the cosine's curvature at a level, so R stays C¹), i.e. a
   scaled gradient ``λ·(w − clamp(w))``. This holds the range near the first epoch's: Δ is
-  fixed within an epoch and the next Δ, computed from held weights, is no larger. At
-  8 bits that acts as a max-norm constraint and helped (bench: 5.34% WER against 12.69%
-  without it); at 4 bits with a pull from epoch 0 it froze the LSTM at its initial range.
+  fixed within an epoch and the next Δ, computed from held weights, is no larger: a
+  max-norm constraint on the weights (its measured effect per bit width is in
+  docs/callbacks.md).
 * False: it is measured at the edge level, where R is 0 and flat: no pull, the task sets
   the range and Δ follows it at the next epoch.
 """

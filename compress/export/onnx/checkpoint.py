@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from compress.checks import check_int
 from compress.errors import ArgumentError
 from compress.export.onnx.families import example_inputs, export_graphs
 from compress.export.onnx.graph import DEFAULT_OPSET, OnnxExport
@@ -81,13 +82,13 @@ def checkpoint_to_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike,
     """
     output = os.fspath(output)
     if not output.endswith(".onnx"):
-        raise ArgumentError("output", f"expected a path ending in .onnx, got {output!r}")
+        raise ArgumentError.must("output", "a path ending in .onnx", output)
     out_dir = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(out_dir):
-        raise ArgumentError("output", f"directory does not exist: {out_dir}")
+        raise ArgumentError.must("output", "a path in an existing directory", output, f"no directory {out_dir}")
     for name, value in (("frames", frames), ("batch", batch), ("features", features)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ArgumentError(name, f"expected an integer >= 1, got {value!r}")
+        if value is not None:
+            ArgumentError.check(check_int, name, value, min=1)
     try:
         ckpt = load_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
         state = read_compression_state(ckpt)

@@ -32,7 +32,7 @@ def _import_class(path: str, what: str | None):
     except (ImportError, AttributeError, ValueError) as err:
         if what is None:
             raise ArgumentError(None, f"checkpoint class path: cannot import {path!r} ({err})") from None
-        raise ArgumentError(what, f"cannot import {path!r} ({err})") from None
+        raise ArgumentError.must(what, "an importable class path", path, str(err)) from None
 
 
 def resolve_class(ckpt: Mapping, model_class: str | None = None) -> type:
