@@ -39,7 +39,8 @@ LAMBDA_KEY = {1: "weight", 2: "lambda"}  # where λ is stored, by version
 SPARSIFIER_VERSION = 1
 SPARSIFIER_VERSIONS = (1,)
 SPARSIFIER_KEYS = ("version", "masks", "target_sparsity", "epoch")
-SPARSIFIER_SETTINGS = ("final_sparsity", "initial_sparsity", "start_epoch", "end_epoch", "scope", "schedule")
+SPARSIFIER_SETTINGS = ("final_sparsity", "initial_sparsity", "start_epoch", "end_epoch", "scope", "schedule",
+                       "block")
 
 # What the exporter needs of each state.
 EXPORT_KEYS = {REGULARIZER: ("bits", "scales"), SPARSIFIER: ("masks",)}

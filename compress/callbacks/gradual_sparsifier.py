@@ -18,7 +18,7 @@ import torch
 from compress import checkpoint as contract
 from compress.callbacks import _base
 from compress.checks import check_bool, check_choice, check_int
-from compress.sparsity.masks import SCOPES, apply_masks_, magnitude_masks
+from compress.sparsity.masks import SCOPES, apply_masks_, check_block, magnitude_masks
 from compress.sparsity.schedule import Schedule, check_schedule, check_sparsity, sparsity_at
 
 
@@ -45,12 +45,17 @@ class GradualSparsifierCore:
         targets: exact parameter names; None = ``compress.find_targets`` defaults.
         include, exclude: regexes on parameter names that adjust the defaults.
         log_per_layer: also log each tensor's sparsity.
+        block: None (prune single weights), or ``(rows, cols)``: prune whole blocks of each
+            weight viewed as (output channels, inputs), e.g. ``(1, 16)`` for 16
+            consecutive inputs of one output, the structure block-sparse kernels skip.
+            Blocks are ranked by the RMS of their weights; the target is met to within
+            one block.
         log_prefix: logged keys are ``{log_prefix}/sparsity`` (progress bar),
             ``/sparsity_target`` and ``/sparsity/{fqn}``; give two instances different ones.
 
     The state (``state_dict()``) is ``{"version", "masks": {fqn: bool CPU tensor},
     "target_sparsity", "epoch"}`` plus the settings ``final_sparsity``,
-    ``initial_sparsity``, ``start_epoch``, ``end_epoch``, ``scope`` and ``schedule``
+    ``initial_sparsity``, ``start_epoch``, ``end_epoch``, ``scope``, ``schedule`` and ``block``
     (``compress.checkpoint``, the contract of ARCHITECTURE.md). Loading a state saved
     with other settings raises a ValueError naming the setting.
 
@@ -76,6 +81,7 @@ class GradualSparsifierCore:
         exclude: str | Sequence[str] | None = None,
         log_per_layer: bool = True,
         log_prefix: str = "compress",
+        block: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
@@ -92,6 +98,7 @@ class GradualSparsifierCore:
         self.targets, self.include, self.exclude = targets, include, exclude
         self.log_per_layer = check_bool("log_per_layer", log_per_layer)
         self.log_prefix = _base.check_prefix(log_prefix)
+        self.block = check_block(block)
         self._params: dict[str, torch.nn.Parameter] = {}
         self._masks: dict[str, torch.Tensor] | None = None  # live masks, on the weights' device
         self._float_masks: list[torch.Tensor] = []  # same, as 0/1 in the weight dtype, for foreach
@@ -109,6 +116,8 @@ class GradualSparsifierCore:
             targets=self.targets,
             include=self.include,
             exclude=self.exclude,
+            # Only when set: the keys of states saved before the option stay the same.
+            **({"block": list(self.block)} if self.block is not None else {}),
         )
 
     @property
@@ -147,7 +156,8 @@ class GradualSparsifierCore:
         masks = None
         if trainer.is_global_zero:
             weights = {n: p.detach() for n, p in self._params.items()}
-            masks = _base.to_cpu_state(magnitude_masks(weights, self._target, self.scope, self._masks))
+            masks = _base.to_cpu_state(magnitude_masks(weights, self._target, self.scope, self._masks,
+                                                                   self.block))
         self._install(_base.broadcast(trainer, masks))
         self._epoch = epoch
 
@@ -186,6 +196,7 @@ class GradualSparsifierCore:
             "end_epoch": self.end_epoch,
             "scope": self.scope,
             "schedule": self.schedule if isinstance(self.schedule, str) else "callable",
+            "block": list(self.block) if self.block is not None else None,
         }
         return {k: values[k] for k in contract.SPARSIFIER_SETTINGS}
 

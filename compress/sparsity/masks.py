@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from compress.checks import check_choice, check_fraction
+from compress.checks import check_choice, check_fraction, fail, is_int
 
 SCOPES = ("layer", "global")
 
@@ -50,11 +50,84 @@ def _prune_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
+def check_block(block) -> tuple[int, int] | None:
+    """None, or a (rows, cols) pair of integers >= 1."""
+    if block is None:
+        return None
+    ok = isinstance(block, list | tuple) and len(block) == 2 and all(is_int(b) and b >= 1 for b in block)
+    if not ok:
+        fail("block", "None or a (rows, cols) pair of integers >= 1", block)
+    return (int(block[0]), int(block[1]))
+
+
+def _block_ids(shape: torch.Size, block: tuple[int, int], device) -> tuple[torch.Tensor, int]:
+    """Block index of every weight (flat order) and the number of blocks.
+
+    A weight is viewed as (rows, cols) = (shape[0], the rest flattened): the output
+    channel by the input (times the kernel), so a (1, c) block runs along the input
+    dimension. Blocks at the right and bottom edges may be partial.
+    """
+    rows = shape[0] if len(shape) > 1 else 1
+    cols = max(int(torch.Size(shape).numel()) // max(rows, 1), 1)
+    br, bc = block
+    per_row = -(-cols // bc)
+    r = torch.arange(rows, device=device)[:, None] // br  # (rows, 1)
+    c = torch.arange(cols, device=device)[None, :] // bc  # (1, cols)
+    return (r * per_row + c).flatten(), (-(-rows // br)) * per_row
+
+
+def _block_scores(w: torch.Tensor, prev: torch.Tensor | None, block: tuple[int, int]):
+    """Per block: RMS of its weights (−1 once any of it was pruned) and its size."""
+    ids, n_blocks = _block_ids(w.shape, block, w.device)
+    sq = w.detach().flatten().to(torch.float32) ** 2  # (n,)
+    size = torch.zeros(n_blocks, device=w.device).index_add_(0, ids, torch.ones_like(sq))
+    # RMS, not the sum: a partial edge block is ranked like a full one.
+    score = (torch.zeros(n_blocks, device=w.device).index_add_(0, ids, sq) / size).sqrt()
+    if prev is not None:
+        hit = torch.zeros(n_blocks, device=w.device).index_add_(0, ids, (~prev.to(w.device).flatten()).float())
+        score = score.masked_fill(hit > 0, -1.0)
+    return score, size, ids
+
+
+def _prune_blocks(score: torch.Tensor, size: torch.Tensor, target: int) -> torch.Tensor:
+    """Keep-mask over blocks: the lowest scores (ties by index), as many as bring the
+    pruned weights closest to ``target`` (within half the largest block), and at least
+    every block already pruned."""
+    order = torch.sort(score, stable=True).indices  # (nb,)
+    pruned = torch.cat([size.new_zeros(1), size[order].cumsum(0)])  # weights pruned by the first k blocks
+    k = int((pruned - target).abs().argmin())  # the first minimum: the smaller k on a tie
+    k = max(k, int((score < 0).sum()))
+    keep = torch.ones_like(score, dtype=torch.bool)
+    keep[order[:k]] = False
+    return keep
+
+
+def _block_masks(weights, sparsity, scope, previous, block):
+    parts = {n: _block_scores(w, previous.get(n), block) for n, w in weights.items()}
+    if scope == "layer":
+        return {n: _prune_blocks(sc, sz, _count(sparsity, weights[n].numel()))[ids].view(weights[n].shape)
+                for n, (sc, sz, ids) in parts.items()}
+    names = list(parts)
+    if not names:
+        return {}
+    device = parts[names[0]][0].device
+    score = torch.cat([parts[n][0].to(device) for n in names])
+    size = torch.cat([parts[n][1].to(device) for n in names])
+    keep = _prune_blocks(score, size, _count(sparsity, sum(w.numel() for w in weights.values())))
+    out, at = {}, 0
+    for n in names:
+        nb = parts[n][0].numel()
+        out[n] = keep[at:at + nb].to(weights[n].device)[parts[n][2]].view(weights[n].shape)
+        at += nb
+    return out
+
+
 def magnitude_masks(
     weights: Mapping[str, torch.Tensor],
     sparsity: float,
     scope: str = "layer",
     previous: Mapping[str, torch.Tensor] | None = None,
+    block: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masks pruning the smallest-magnitude weights to exactly ``sparsity``.
 
@@ -64,6 +137,11 @@ def magnitude_masks(
         scope: "layer" (each tensor at ``sparsity``) or "global" (the union of all
             tensors at ``sparsity``; layers end up uneven).
         previous: name -> previous mask; previously pruned weights stay pruned.
+        block: None (single weights), or (rows, cols): prune whole blocks of the weight
+            viewed as (output channels, the rest), ranked by the RMS of their weights;
+            the count is met to within one block (the block count whose pruned weights
+            come closest to ``sparsity``). A block with any previously pruned weight is
+            pruned first, so masks stay monotone.
 
     Returns:
         name -> bool mask (True = kept), on the weight's device.
@@ -77,6 +155,9 @@ def magnitude_masks(
     check_choice("scope", scope, SCOPES)
     sparsity = check_fraction("sparsity", sparsity, below_one=True)
     previous = previous or {}
+    block = check_block(block)
+    if block is not None:
+        return _block_masks(weights, sparsity, scope, previous, block)
     scores = {n: _scores(w, previous.get(n)) for n, w in weights.items()}
     pruned_before = {n: int((s < 0).sum()) for n, s in scores.items()}
     if scope == "layer":
