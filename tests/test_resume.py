@@ -57,8 +57,8 @@ FORMS = [dict(weight=0.5), dict(mode="prox", start_epoch=0.2), dict(mode="hard",
          dict(mode="relax", start_epoch=0.2)]
 
 
-def callbacks(ckpt_dir=None, extra=(), form=FORMS[0]):
-    cbs = [GradualSparsifier(final_sparsity=0.6, scope="global"), QuantizationRegularizer(bits=4, **form)]
+def callbacks(ckpt_dir=None, extra=(), form=FORMS[0], block=None):
+    cbs = [GradualSparsifier(final_sparsity=0.6, scope="global", block=block), QuantizationRegularizer(bits=4, **form)]
     if ckpt_dir is not None:
         cbs.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=-1))
     return cbs + list(extra)
@@ -80,16 +80,17 @@ def run(cbs, ckpt_path=None, max_epochs=5):
     return model, cbs
 
 
-@pytest.mark.parametrize("form", FORMS, ids=["grad", "prox", "hard", "relax"])
-def test_resume_matches_uninterrupted(tmp_path, form):
-    ref_model, ref_cbs = run(callbacks(form=form))
+@pytest.mark.parametrize("form,block", [(f, None) for f in FORMS] + [(FORMS[3], (1, 2))],
+                         ids=["grad", "prox", "hard", "relax", "relax_block"])
+def test_resume_matches_uninterrupted(tmp_path, form, block):
+    ref_model, ref_cbs = run(callbacks(form=form, block=block))
     # interrupted after epoch 1 (mid-schedule: target 0.6·(1 − (1 − 2/4)³) at epoch 2)
-    run(callbacks(tmp_path, [Interrupt(2)], form=form))
+    run(callbacks(tmp_path, [Interrupt(2)], form=form, block=block))
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert ckpt["epoch"] == 1
     sp_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("GradualSparsifier"))
     assert 0 < sp_state["target_sparsity"] < 0.6
-    cbs = callbacks(form=form)
+    cbs = callbacks(form=form, block=block)
     seen = SeeRestored(cbs)
     model, cbs = run(cbs + [seen], ckpt_path=tmp_path / "last.ckpt")
 
