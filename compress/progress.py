@@ -38,19 +38,19 @@ class _Closing(pl.Callback):
         self.timer = timer
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.timer._close("forward")
+        self.timer._switch("forward")
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self.timer._close("backward")
+        self.timer._switch("backward")
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        self.timer._close(None)
+        self.timer._switch(None)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.timer._close("optimizer")
+        self.timer._switch("optimizer")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.timer._close("data")
+        self.timer._switch("data")
 
 
 class StageTimer(pl.Callback):
@@ -66,9 +66,8 @@ class StageTimer(pl.Callback):
         self.closing = _Closing(self)
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.steps = 0
-        self._stage: str | None = None  # the stage running since self._t
+        self._stage: str | None = None  # the stage running since self._t (None: not timed)
         self._t = 0.0
-        self._val_t = 0.0
 
     def around(self, callbacks: list) -> list:
         """``[self, *callbacks, self.closing]``: the order the timer needs."""
@@ -77,58 +76,46 @@ class StageTimer(pl.Callback):
     def summary(self) -> dict:
         return {**{k: round(v, 3) for k, v in self.seconds.items()}, "steps": self.steps}
 
-    # A hook on the opening timer ends the running stage and starts the callbacks' time;
-    # the same hook on the closing companion ends that and starts the next stage.
-    def _open(self) -> None:
+    def _switch(self, stage: str | None) -> None:
+        """Charge the time since the last switch to the running stage; start ``stage``."""
         now = self.clock()
         if self._stage is not None:
             self.seconds[self._stage] += now - self._t
-        self._stage, self._t = "callbacks", now
-
-    def _close(self, stage: str | None) -> None:
-        now = self.clock()
-        self.seconds["callbacks"] += now - self._t
         self._stage, self._t = stage, now
 
+    # A hook on this, the first callback, starts the other callbacks' time; the same hook on
+    # the closing companion, the last callback, ends it and starts the next stage.
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._stage, self._t = "data", self.clock()
+        self._switch("data")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._open()
+        self._switch("callbacks")
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self._open()
+        self._switch("callbacks")
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        self._open()
+        self._switch("callbacks")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # Between on_after_backward's closing stamp and here: nothing of the step (the
         # other callbacks' on_after_backward ran before the stamp).
-        self._open()
+        self._switch("callbacks")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._open()
+        self._switch("callbacks")
         self.steps += 1
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        if self._stage is not None and self._stage != "callbacks":
-            self.seconds[self._stage] += self.clock() - self._t
-        self._stage = None
-        self._val_t = self.clock()
+        if not trainer.sanity_checking:
+            self._switch("validation")
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        self.seconds["validation"] += self.clock() - self._val_t
-        self._stage, self._t = "data", self.clock()
+        if not trainer.sanity_checking:
+            self._switch("data")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._stage is not None and self._stage != "callbacks":
-            self.seconds[self._stage] += self.clock() - self._t
-        self._stage = None
+        self._switch(None)
 
 
 def format_seconds(s: float) -> str:
@@ -166,7 +153,6 @@ class RunProgress(ProgressBar):
         self._val_s = None    # seconds of one validation run, once measured
         self._val_batch_s = None
         self._val_t = 0.0
-        self._epoch_t = 0.0
 
     # ------------------------------------------------------------ ProgressBar API
     def disable(self) -> None:
@@ -215,9 +201,6 @@ class RunProgress(ProgressBar):
                          file=self._out(), dynamic_ncols=True, leave=True,
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self._bar.set_postfix_str("ETA ?")
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_t = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
