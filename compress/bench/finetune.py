@@ -35,6 +35,7 @@ from pathlib import Path
 
 from compress.bench import accuracy
 from compress.bench.baselines import label
+from compress.bench.jobs import run_jobs
 from compress.checks import check_int
 
 FT_EPOCHS = 3
@@ -335,7 +336,7 @@ def run(args=None) -> dict:
           f"seed(s), groups {opts.groups}, {opts.jobs} job(s) x {opts.threads} thread(s), output {out}", flush=True)
     build_datamodule(cfg, gen_workers=opts.jobs * opts.threads).prepare_data()
     specs = [{**job, "reuse": bool(opts.reuse)} for job in plan(base, opts.seeds, opts.epochs, opts.groups, runs)]
-    accuracy.run_jobs(specs, opts.jobs, opts.threads, runs)  # a fine-tuning waits for its base ("needs")
+    run_jobs(specs, opts.jobs, opts.threads, runs)  # a fine-tuning waits for its base ("needs")
     rows = [r for s in specs for r in json.loads((Path(s["dir"]) / "rows.json").read_text())["rows"]]
     entries = aggregate(rows)
     results = {
