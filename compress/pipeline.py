@@ -25,6 +25,10 @@ Using a trained model (the commands):
 - ``evaluate_manifests``: WER/CER on the ``test*.jsonl`` manifests of a folder;
 - ``transcribe_files``: the text of WAV files, with the recipe's features.
 
+Each of the three takes ``engine``: ``"torch"`` (the PyTorch model) or ``"c"`` (a ``ctc_lstm``
+``.psq`` run by the C engine, ``compress.native.engine``, with the recipe's strides and
+``upsample``; the file is its only weight input).
+
 Mistakes in the commands' inputs raise ``compress.errors.ArgumentError`` naming the argument.
 Nothing here is imported by ``import compress``; hydra, torch and Lightning load on first use.
 """
@@ -150,13 +154,20 @@ RECIPE_FILES = ("results.json", ".hydra/config.yaml")  # beside MODEL, in this o
 RECIPE_KINDS = "a results.json or a Hydra .hydra/config.yaml"
 
 
+ENGINES = ("torch", "c")
+
+
 @dataclass
 class LoadedModel:
-    """A trained model ready for inference, with the recipe settings it needs."""
+    """A trained model ready for inference, with the recipe settings it needs.
+
+    ``model`` is the LightningModule (``engine="torch"``) or a ``compress.native.engine.Engine``
+    (``engine="c"``); both have ``transcribe(features, feature_lengths)``."""
 
     model: object
     source: str  # where the recipe came from: a file, or "the checkpoint's hyperparameters"
     data: dict = field(default_factory=dict)  # the recipe's ``data`` section
+    engine: str = "torch"
 
     @property
     def n_mels(self) -> int:
@@ -231,20 +242,49 @@ def _from_hyperparameters(ckpt: dict, path: Path):
                         fix=("recipe", "RUN_DIR/results.json"))
 
 
-def load_model(model_path, recipe=None) -> LoadedModel:
+def check_engine(engine) -> str:
+    """``engine`` must be ``"torch"`` or ``"c"`` (``ArgumentError`` naming ``engine``)."""
+    from compress.checks import check_choice
+
+    return ArgumentError.check(check_choice, "engine", engine, choices=ENGINES)
+
+
+def load_engine(path: Path, cfg: dict, recipe_path) -> LoadedModel:
+    """The C engine on a ``ctc_lstm`` ``.psq``, configured by the recipe's ``model`` section."""
+    from compress.native import NativeUnavailable
+    from compress.native.engine import Engine, EngineConfig, EngineError
+
+    try:
+        config = EngineConfig.from_hparams(cfg["model"])
+    except (ValueError, TypeError) as err:
+        raise ArgumentError("recipe", f"{recipe_path}: {err}") from None
+    try:
+        engine = Engine(path, config)
+    except EngineError as err:
+        raise ArgumentError("model", f"{path}: the C engine cannot run it: {err}") from None
+    except NativeUnavailable as err:
+        raise ArgumentError("engine", f"'c' is unavailable: {err}") from None
+    return LoadedModel(engine, str(recipe_path), cfg["data"], engine="c")
+
+
+def load_model(model_path, recipe=None, engine: str = "torch") -> LoadedModel:
     """A ``.ckpt`` (written by compress-train) or ``.psq`` file as a model in eval mode.
 
     Args:
         model_path: the model file.
         recipe: a ``results.json`` or Hydra ``config.yaml``; default: the one beside
             ``model_path``. A ``.ckpt`` without one is rebuilt from its saved hyperparameters.
+        engine: ``"torch"``, or ``"c"``: the C engine on a ``ctc_lstm`` ``.psq`` (the recipe
+            gives its strides and ``upsample``).
 
     Raises:
-        ArgumentError: naming ``model`` or ``recipe``: no such file, not a model file, no
-            recipe found, or a recipe whose model does not match the weights.
+        ArgumentError: naming ``model``, ``recipe`` or ``engine``: no such file, not a model
+            file, no recipe found, a recipe whose model does not match the weights, or (``c``)
+            a file that is not a packed ``ctc_lstm`` (naming the tensor it lacks).
     """
     import torch
 
+    check_engine(engine)
     path = Path(model_path)
     if not path.is_file():
         raise ArgumentError.must("model", "a .ckpt or .psq file", str(path), "no such file")
@@ -259,7 +299,11 @@ def load_model(model_path, recipe=None) -> LoadedModel:
             raise ArgumentError("model", f"{path}: found no recipe beside it ({' or '.join(RECIPE_FILES)} in "
                                          f"{path.resolve().parent}); a .psq file holds weights only",
                                 fix=("recipe", "RUN_DIR/results.json"))
+        if engine == "c":
+            return load_engine(path, cfg, recipe_path)
         state = load(path)
+    elif engine == "c":
+        raise ArgumentError.must("model", "a .psq file for the C engine (it runs packed files only)", str(path))
     else:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -313,11 +357,28 @@ def manifest_test_loaders(manifest_dir, loaded: LoadedModel) -> dict:
     return loaders
 
 
-def evaluate_manifests(model_path, manifest_dir, recipe=None) -> dict:
+def evaluate_transcriber(model, loader) -> dict:
+    """``{"wer", "cer"}`` of anything with ``transcribe(features, feature_lengths)`` (the C
+    engine) on one loader, with the metrics the models' test step logs (corpus-level
+    torchmetrics WER/CER), so equal transcripts give equal figures."""
+    from torchmetrics.text import CharErrorRate, WordErrorRate
+
+    wer, cer = WordErrorRate(), CharErrorRate()
+    for batch in loader:
+        preds = model.transcribe(batch["features"], batch["feature_lengths"])
+        wer.update(preds, batch["texts"])
+        cer.update(preds, batch["texts"])
+    return {"wer": float(wer.compute()), "cer": float(cer.compute())}
+
+
+def evaluate_manifests(model_path, manifest_dir, recipe=None, engine: str = "torch") -> dict:
     """WER/CER of a trained model on every ``test*.jsonl`` of ``manifest_dir``:
-    ``{split: {"wer", "cer"}}``, the figures ``results.json`` records for the same data."""
-    loaded = load_model(model_path, recipe)
+    ``{split: {"wer", "cer"}}``, the figures ``results.json`` records for the same data.
+    ``engine="c"`` runs a ``ctc_lstm`` ``.psq`` in the C engine, one utterance at a time."""
+    loaded = load_model(model_path, recipe, engine=engine)
     loaders = manifest_test_loaders(manifest_dir, loaded)
+    if loaded.engine == "c":
+        return {split: evaluate_transcriber(loaded.model, loader) for split, loader in loaders.items()}
     quiet_lightning()
     return evaluate(loaded.model, loaders)
 
@@ -338,16 +399,17 @@ def read_audio(path):
         raise ArgumentError.must("audio", "a PCM WAV file", str(path), str(err) or "a truncated file") from None
 
 
-def transcribe_files(model_path, audio_paths: Sequence, recipe=None) -> list[tuple[str, str]]:
+def transcribe_files(model_path, audio_paths: Sequence, recipe=None, engine: str = "torch") -> list[tuple[str, str]]:
     """``[(path, text)]``: each WAV file decoded by the model, one at a time, on the features the
     data module computes (the recipe's ``n_mels`` and ``normalize``). Every file is read before
-    the model is loaded, so a bad one fails at once."""
+    the model is loaded, so a bad one fails at once. ``engine="c"``: see ``load_model``."""
     import torch
 
+    check_engine(engine)
     if not audio_paths:
         raise ArgumentError.must("audio", "one or more WAV files", list(audio_paths))
     audio = [read_audio(p) for p in audio_paths]
-    loaded = load_model(model_path, recipe)
+    loaded = load_model(model_path, recipe, engine=engine)
     featurizer = loaded.featurizer()
     out = []
     with torch.no_grad():

@@ -246,3 +246,35 @@ def test_reuse_keeps_a_training_only_for_the_same_composed_recipe(tiny, tmp_path
     accuracy.work(spec)
     assert "reusing" not in capsys.readouterr().out
     assert (run_dir / "model.ckpt").stat().st_mtime_ns != before
+
+
+def test_tiny_structure_section_reuses_ours50_and_trains_block_masks(tiny):
+    """The structure section shares the accuracy section's unstructured training (--reuse)
+    and adds the block-structured one, whose decoded zeros are whole 1 x 8 blocks."""
+    from compress.bench import structure
+
+    results, out = tiny
+    data = next(p for p in out.parent.iterdir() if p.name.startswith("corpus"))  # the fixture's corpus
+    args = argparse.Namespace(size="tiny", jobs=1, threads=1, out=str(out), data_dir=str(data), reuse=True)
+    got = structure.run(args)
+    rows = {r["key"]: r for r in got["rows"]}
+    assert list(rows) == [structure.UNSTRUCTURED, structure.BLOCK_RECIPE]
+    assert rows[structure.UNSTRUCTURED] == _rows(results)["sparse50_qreg8"]  # the same training, reused
+    decoded = load(out / "accuracy_runs" / "ours50_block" / f"{structure.BLOCK_RECIPE}.psq")
+    checked = 0
+    for name, w in decoded.items():
+        if name.endswith("weight") and w.dim() >= 2 and (w == 0).any():
+            z = w.reshape(w.shape[0], -1) == 0  # (rows, cols)
+            cols = z.shape[1] - z.shape[1] % 8
+            blocks = z[:, :cols].reshape(z.shape[0], -1, 8)  # (rows, cols / 8, 8)
+            in_whole = int(blocks.all(-1).sum()) * 8
+            # rounding to the grid adds a few zeros inside kept blocks; unstructured 50% masks
+            # would leave well under 1% of their zeros in whole blocks of 8
+            assert in_whole >= 0.9 * int(blocks.sum()), name
+            checked += 1
+    assert checked >= 3
+    t = got["target"]
+    by = {k: 100 * r["metrics"]["test_voices"]["wer"] for k, r in rows.items()}
+    assert t["value"] == pytest.approx(by[structure.BLOCK_RECIPE] - by[structure.UNSTRUCTURED])
+    md = (out / "structure.md").read_text()
+    assert md.count("**PASS**") + md.count("**MISS**") == 1 and got["command"] in md

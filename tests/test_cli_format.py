@@ -87,3 +87,19 @@ def test_console_script(ckpt, tmp_path):
     out.write_bytes(out.read_bytes()[:-3])  # truncated: a one-line error, exit code 2
     run = subprocess.run([str(SCRIPT), "verify", str(out), str(ckpt)], capture_output=True, text=True, env=env)
     assert run.returncode == 2 and run.stderr.startswith("compress: error: file_len") and "Traceback" not in run.stderr
+
+
+def test_scales32_keeps_float32_scales_and_the_same_weights(ckpt, tmp_path):
+    from compress.decoder import reference as ref
+    from compress.format import layout as L
+
+    files = {}
+    for name, extra in (("16.psq", []), ("32.psq", ["--scales32"])):
+        assert main(["export", str(ckpt), "-o", str(tmp_path / name), "-q", *extra]) == 0
+        buf = (tmp_path / name).read_bytes()
+        files[name] = {r.name: r.store for r in ref.read_table(buf, ref.read_header(buf)) if r.kind == L.QUANT}
+    assert set(files["32.psq"].values()) == {L.QUANT_STORE}
+    assert set(files["16.psq"].values()) - {L.QUANT_STORE}  # the callbacks' bfloat16 grid: 16 bits
+    a, b = compress.load(tmp_path / "16.psq"), compress.load(tmp_path / "32.psq")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "16.psq").stat().st_size < (tmp_path / "32.psq").stat().st_size

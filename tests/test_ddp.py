@@ -24,7 +24,9 @@ SCRIPT = textwrap.dedent(
     from compress import GradualSparsifier, QuantizationRegularizer
 
     out = sys.argv[1]
-    form = sys.argv[2] if len(sys.argv) > 2 else "noise"  # "weights": no noise, the prox form, final weights
+    # "noise": ranks diverge; "block": the same with 1x4 block masks; "weights": no noise,
+    # the prox form, final weights
+    form = sys.argv[2] if len(sys.argv) > 2 else "noise"
 
     class Tiny(pl.LightningModule):
         def __init__(self):
@@ -66,8 +68,8 @@ SCRIPT = textwrap.dedent(
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[RankNoise(), GradualSparsifier(final_sparsity=0.5),
-                   QuantizationRegularizer(bits=4, snap_on_fit_end=False), Dump()] if form == "noise" else
+        callbacks=[RankNoise(), GradualSparsifier(final_sparsity=0.5, block=(1, 4) if form == "block" else None),
+                   QuantizationRegularizer(bits=4, snap_on_fit_end=False), Dump()] if form != "weights" else
                   [pl.Callback(), GradualSparsifier(final_sparsity=0.5),
                    QuantizationRegularizer(bits=4, mode="prox", start_epoch=0.0, snap_on_fit_end=False),
                    Dump(), DumpWeights()],
@@ -78,12 +80,14 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.ddp
-def test_two_ranks_hold_identical_masks_and_scales(tmp_path):
+@pytest.mark.parametrize("form", ["noise", "block"])
+def test_two_ranks_hold_identical_masks_and_scales(tmp_path, form):
     script = tmp_path / "ddp_fit.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+        [sys.executable, str(script), str(tmp_path), form], capture_output=True, text=True, timeout=120, env=env,
+        cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for epoch in range(3):
@@ -94,6 +98,12 @@ def test_two_ranks_hold_identical_masks_and_scales(tmp_path):
             assert torch.equal(r0["masks"][n], r1["masks"][n]), (epoch, n)
             assert torch.equal(r0["scales"][n], r1["scales"][n]), (epoch, n)
     assert (~r0["masks"]["lstm.weight_hh_l0"]).float().mean() == pytest.approx(0.5, abs=0.01)
+    if form == "block":  # whole 1x4 blocks of consecutive inputs (the last one of 6 inputs ragged)
+        for n, m in r0["masks"].items():
+            m = m.reshape(m.shape[0], -1)
+            for start in range(0, m.shape[1], 4):
+                part = m[:, start:start + 4]
+                assert (part.all(1) | (~part).all(1)).all(), (n, start)
 
 
 @pytest.mark.ddp

@@ -67,6 +67,38 @@ def test_reference_equals_fast_on_random_models(tmp_path, seed):
         assert same(fast[k], sd[k])  # the weights were on their grid: the file gives them back exactly
 
 
+def pack_block_model(tmp_path, seed: int) -> list:
+    """Block-structured zeros (whole runs of b inputs of one output) and bfloat16-exact scales:
+    BLOCK and 16-bit scales in every float dtype; C, the pure-Python loader and the reference agree."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    sd, bits, scales = {}, {}, {}
+    for i, dtype in enumerate(FLOATS):
+        b = int(torch.randint(2, 9, (1,), generator=gen))
+        block = (4, 8, 16, 32)[int(torch.randint(0, 4, (1,), generator=gen))]
+        rows, cols = int(torch.randint(1, 9, (1,), generator=gen)), int(torch.randint(block, 3 * block, (1,), generator=gen))
+        kept = torch.rand(rows, (cols + block - 1) // block, generator=gen) < 0.3
+        w = torch.randn(rows, cols, generator=gen) * kept.repeat_interleave(block, dim=1)[:, :cols]
+        s = grid.compute_scale(w, b, "channel" if i % 2 else "tensor").to(torch.bfloat16).float()
+        sd[f"w{i}"], bits[f"w{i}"], scales[f"w{i}"] = grid.snap(w, s, b).to(dtype), b, s
+    sd["bias"] = torch.randn(3, generator=gen)
+    pack(sd, tmp_path / "m.psq", bits=bits, scales=scales, scales16=True)
+    buf = (tmp_path / "m.psq").read_bytes()
+    records = compress.decoder.from_bytes(buf).records
+    assert all(r.store in (2, 3) for r in records if r.kind == 1)
+    fast = assert_decoders_agree(buf)
+    python = compress.decoder.load_bytes(buf, native=False)
+    for k, v in sd.items():
+        assert same(fast[k], python[k]), k
+        if k in scales:  # the float32 file decodes to the same bits
+            assert same(fast[k], grid.dequantize(grid.quantize(v.float(), scales[k], bits[k]), scales[k]).to(v.dtype)), k
+    return records
+
+
+def test_block_sparse_and_16_bit_scales(tmp_path):
+    used = {(r.encoding, r.dtype) for seed in range(6) for r in pack_block_model(tmp_path, seed) if r.kind == 1}
+    assert {d for e, d in used if e == 3} == {1, 2, 3, 4}  # BLOCK in every float dtype
+
+
 def test_reference_levels_and_raw_dtypes(tmp_path):
     sd = {"w": torch.tensor([[0.0, 3.0], [-1.0, 0.0]]), "bf": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
           "h": torch.tensor([0.25], dtype=torch.float16), "b": torch.tensor([True, False]),

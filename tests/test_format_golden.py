@@ -30,7 +30,8 @@ def tiny_state_dict() -> tuple[dict, dict, dict]:
 
 def test_golden_bytes(tmp_path):
     sd, bits, scales = tiny_state_dict()
-    summary = pack(sd, tmp_path / "tiny.psq", bits=bits, scales=scales, recipe="golden")
+    # scales16=False: the PSQ 1.0 bytes, float32 scales (features.psq pins the 16-bit ones)
+    summary = pack(sd, tmp_path / "tiny.psq", bits=bits, scales=scales, recipe="golden", scales16=False)
     data = (tmp_path / "tiny.psq").read_bytes()
     if os.environ.get("COMPRESS_REGEN_GOLDEN") == "1":
         GOLDEN.write_bytes(data)

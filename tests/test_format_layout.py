@@ -69,17 +69,20 @@ def test_record_type():
 
 
 def test_codes():
-    assert [int(k) for k in L.Kind] == [0, 1] and [int(e) for e in L.Encoding] == [0, 1, 2]
+    assert [int(k) for k in L.Kind] == [0, 1] and [int(e) for e in L.Encoding] == [0, 1, 2, 3]
     assert {int(d): name for d, (name, _, _) in L.DTYPES.items()} == {
         d.value: d.name.lower() for d in L.Dtype}  # the names are torch's
-    assert L.KIND_NAMES == {0: "raw", 1: "quant"} and L.ENCODING_NAMES == {0: "dense", 1: "bitmask", 2: "golomb"}
-    assert (L.RAW, L.QUANT, L.DENSE, L.GOLOMB, L.F32, L.F16) == (0, 1, 0, 2, 1, 2)
+    assert L.KIND_NAMES == {0: "raw", 1: "quant"}
+    assert L.ENCODING_NAMES == {0: "dense", 1: "bitmask", 2: "golomb", 3: "block"}
+    assert (L.RAW, L.QUANT, L.DENSE, L.GOLOMB, L.BLOCK, L.F32, L.F16) == (0, 1, 0, 2, 3, 1, 2)
+    assert (L.FLAG_BLOCK, L.FLAG_SCALES16, L.KNOWN_FLAGS) == (1, 2, 3)
+    assert L.SCALE_STORES == {0: 4, L.Dtype.FLOAT16: 2, L.Dtype.BFLOAT16: 2}
     assert all(hasattr(torch, name) for name, _, _ in L.DTYPES.values())
 
 
 def test_error_offsets_are_the_fields(tmp_path):
     """The reference names each field at its own offset; the numbers are those of FORMAT.md."""
-    pack({"w": torch.tensor([[0.0, 0.5], [-1.0, 0.0]])}, tmp_path / "t.psq", bits=4)
+    pack({"w": torch.tensor([[0.0, 0.5], [-1.0, 0.0]])}, tmp_path / "t.psq", bits=4, scales16=False)  # v1.0 fields
     buf = (tmp_path / "t.psq").read_bytes()
     h = reference.read_header(buf)
     at = L.HEADER.size + h["meta_len"]
@@ -93,7 +96,10 @@ def test_error_offsets_are_the_fields(tmp_path):
 
     assert message(rank=7).endswith(f"at offset {at + 6}")
     assert message(data_off=0).endswith(f"at offset {at + 56}")
-    assert message(reserved=1).startswith("dtype:") and message(reserved=1).endswith(f"at offset {at + 8}")
+    assert message(dtype=11).startswith("dtype:") and message(dtype=11).endswith(f"at offset {at + 8}")
+    assert message(block=4).startswith("block:") and message(block=4).endswith(f"at offset {at + 84}")
+    assert message(store=2).startswith("store:") and message(store=2).endswith(f"at offset {at + 9}")  # no flag
+    assert message(encoding=3).startswith("encoding:")  # BLOCK without its flag
     assert message(kind=5).endswith(f"at offset {at + 7}")
     assert message(bits=9).endswith(f"at offset {at + 10}")
     assert message(encoding=7).endswith(f"at offset {at + 11}")

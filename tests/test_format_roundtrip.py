@@ -38,7 +38,9 @@ def test_edge_tensors(tmp_path):
     sd = {"scalar": torch.tensor(-0.75), "empty": torch.zeros(3, 0), "zeros": torch.zeros(4, 4),
           "dense": torch.full((2, 3), 0.5), "vec": torch.tensor([0.0, 1.0, -1.0]), "rank6": torch.ones(1, 2, 1, 2, 1, 2)}
     bits = {k: 4 for k in sd}
-    summary = pack(sd, tmp_path / "e.psq", bits=bits)
+    scales = {k: torch.tensor(0.25) for k in sd}  # every value is a multiple of 0.25
+    scales["zeros"] = torch.full((4,), 0.25)
+    summary = pack(sd, tmp_path / "e.psq", bits=bits, scales=scales, scales16=False)  # float32 scales
     enc = {r.name: (r.kind, r.encoding, r.nnz) for r in summary.rows}
     assert enc["empty"] == ("raw", "raw", 0)
     assert enc["zeros"] == ("quant", "golomb", 0) and summary.rows[2].nbytes == 16  # four scales, nothing else
@@ -46,6 +48,74 @@ def test_edge_tensors(tmp_path):
     out = assert_decoders_agree((tmp_path / "e.psq").read_bytes())
     for k, v in sd.items():
         assert same(out[k], v), k
+
+
+def block_sparse(gen, shape, bits: int, block: int, keep: float) -> torch.Tensor:
+    """Nonzero levels except whole blocks of ``block`` consecutive inputs of one output."""
+    m = grid.qmax(bits)
+    q = torch.randint(1, m + 1, shape, generator=gen) * (torch.randint(0, 2, shape, generator=gen) * 2 - 1)
+    nb = (shape[1] + block - 1) // block
+    kept = torch.rand(shape[0], nb, generator=gen) < keep
+    return q * kept.repeat_interleave(block, dim=1)[:, : shape[1]]
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("block", [4, 8, 16, 32])
+@pytest.mark.parametrize("cols", [64, 70])
+def test_block_round_trip(tmp_path, bits, block, cols):
+    gen = torch.Generator().manual_seed(bits * 100 + block + cols)
+    q = block_sparse(gen, (16, cols), bits, block, 0.25)
+    s = torch.rand(16, generator=gen) + 0.01
+    w = grid.dequantize(q, s)
+    summary = pack({"w": w}, tmp_path / "w.psq", bits={"w": bits}, scales={"w": s})
+    pf = compress.decoder.read_file(tmp_path / "w.psq")
+    r = pf.records[0]
+    assert (summary.rows[0].encoding, r.block, r.nnz) == ("block", block, int((q != 0).sum()))
+    assert pf.metadata is not None and int.from_bytes((tmp_path / "w.psq").read_bytes()[12:16], "little") == 1
+    out = assert_decoders_agree((tmp_path / "w.psq").read_bytes())["w"]
+    assert same(out, w)
+
+
+def test_block_only_when_strictly_smaller(tmp_path):
+    """1 x 8 at 8 bits, levels 1 1 1 1 0 0 0 0: BITMASK, GOLOMB and BLOCK (b = 4) all take 5
+    bytes; the tie keeps BITMASK, and the file has no flag."""
+    from compress.format.encode import block_cost, candidates, encode_quant
+
+    q = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.int8)
+    size = candidates(q, 8)
+    assert size[1] == size[2] == block_cost(q, (1, 8), 8, 4) == 5
+    assert encode_quant(q, (1, 8), 8, np.ones(1, np.float32), dtype=1).record.encoding == 1
+    q[7] = 1  # now 2 blocks: BLOCK 1 + 8 bytes, BITMASK 1 + 5
+    assert encode_quant(q, (1, 8), 8, np.ones(1, np.float32), dtype=1).record.encoding == 1
+
+
+def test_block_widths_tie_toward_narrower():
+    from compress.format.encode import block_cost, encode_quant
+
+    q = np.zeros((1, 64), np.int8)
+    q[0, :32] = 3  # every width stores the same 32 levels; the narrowest of the cheapest wins
+    costs = {b: block_cost(q, (1, 64), 4, b) for b in (4, 8, 16, 32)}
+    best = min(costs.values())
+    r = encode_quant(q, (1, 64), 4, np.ones(1, np.float32), dtype=1).record
+    assert r.encoding == 3 and r.block == min(b for b, c in costs.items() if c == best)
+
+
+@pytest.mark.parametrize("scale, store", [(0.375, 2), (2.0 ** -24, 2), (3.0 * 2.0 ** -30, 3), (2.0 ** 100, 3), (0.1, 0)])
+def test_scales16_round_trip(tmp_path, scale, store):
+    """16 bits only when exact (float16 first); the decoded tensor equals the float32-scale file's."""
+    q = torch.tensor([[3, 0, -7, 1], [0, 0, 5, -2]])
+    s = torch.tensor([scale, scale * 2])
+    w = grid.dequantize(q, s)
+    for name, flag in (("a.psq", False), ("b.psq", True)):
+        pack({"w": w}, tmp_path / name, bits={"w": 4}, scales={"w": s}, scales16=flag)
+    a, b = (tmp_path / "a.psq").read_bytes(), (tmp_path / "b.psq").read_bytes()
+    r = compress.decoder.from_bytes(b).records[0]
+    assert r.store == store and int.from_bytes(b[12:16], "little") == (2 if store else 0)
+    assert (a == b) == (store == 0)  # not exact: the float32 file, byte for byte
+    out_a, out_b = assert_decoders_agree(a)["w"], assert_decoders_agree(b)["w"]
+    assert same(out_a, out_b) and same(out_b, w)
+    if store:
+        assert len(b) < len(a)
 
 
 def test_fp16_passthrough_and_strict_load(tmp_path):

@@ -25,19 +25,36 @@ BOUNDARY = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 1 <
 
 
 def seeds(tmp_path) -> list:
-    """Tiny files covering every encoding, bit width class, scale granularity and raw dtype."""
+    """Tiny files covering every encoding (BLOCK with a narrow last block included), bit width
+    class, scale granularity and storage (float32, float16, bfloat16) and raw dtype."""
     torch.manual_seed(1)
     files = []
-    cases = [(8, 1.0, "channel"), (4, 0.5, "tensor"), (3, 0.1, "channel"), (2, 0.0, "tensor"), (7, 0.02, "tensor")]
-    for i, (bits, d, gran) in enumerate(cases):
-        w = torch.randn(6, 40) * (torch.rand(6, 40) < d)
-        s = grid.compute_scale(w, bits, gran)
+    cases = [(8, 1.0, "channel", None), (4, 0.5, "tensor", None), (3, 0.1, "channel", None), (2, 0.0, "tensor", None),
+             (7, 0.02, "tensor", None), (4, 0.5, "channel", 8), (8, 0.3, "tensor", 4), (3, 0.5, "channel", 16),
+             (6, 0.5, "channel", None)]
+    for i, (bits, d, gran, block) in enumerate(cases):
+        keep = torch.rand(6, 40) < d
+        if block:  # whole blocks of `block` inputs of a row pruned (the last one narrower for 16)
+            keep = (torch.rand(6, (40 + block - 1) // block) < d).repeat_interleave(block, dim=1)[:, :40]
+        w = torch.randn(6, 40) * keep * (2.0 ** -20 if i == 7 else 1.0)  # 7: scales below float16's range
+        s = grid.compute_scale(w, bits, gran).to(torch.bfloat16).float()  # bfloat16-exact
+        if i == 8:  # scales exact in float16 only (bfloat16 keeps 8 significant bits, these need 11)
+            s = s.to(torch.float16).float() * (1 + 2 ** -10)
+            s = s.to(torch.float16).float()
         sd = {"w": grid.snap(w, s, bits), "b": torch.randn(3), "n": torch.tensor(5), "e": torch.zeros(0)}
         if i == 4:
             sd.update(h=torch.tensor([1.0, -2.0], dtype=torch.bfloat16), f=torch.tensor([True, False]))
-        pack(sd, tmp_path / f"s{i}.psq", bits={"w": bits}, scales={"w": s}, passthrough_dtype="float16" if i == 2 else "float32")
+        pack(sd, tmp_path / f"s{i}.psq", bits={"w": bits}, scales={"w": s}, scales16=i in (1, 5, 7, 8),
+             passthrough_dtype="float16" if i == 2 else "float32")
         files.append((tmp_path / f"s{i}.psq").read_bytes())
     return files
+
+
+def test_seeds_cover_the_new_features(tmp_path):
+    records = [compress.decoder.from_bytes(b).records[0] for b in seeds(tmp_path)]
+    assert {r.encoding for r in records} == {L.DENSE, L.BITMASK, L.GOLOMB, L.BLOCK}
+    assert {r.store for r in records} == {L.QUANT_STORE, L.Dtype.FLOAT16, L.Dtype.BFLOAT16}
+    assert any(r.encoding == L.BLOCK and 40 % r.block for r in records)  # a narrow last block
 
 
 def mutate(buf: bytes, rng: random.Random) -> bytes:

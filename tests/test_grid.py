@@ -54,7 +54,9 @@ def test_channel_scale_axis0_and_all_zero_channel():
     s = grid.compute_scale(w, 8, "channel")
     assert s.shape == (5,)
     assert s[2] == 1.0
-    torch.testing.assert_close(s[0], w[0].abs().max() / 127)
+    exact = w[0].abs().max() / 127
+    assert exact <= s[0] <= exact * (1 + 2**-7)  # rounded up to a bfloat16 value
+    assert s[0] == s[0].to(torch.bfloat16).to(torch.float32)
     t = grid.compute_scale(w, 8, "tensor")
     assert t.shape == ()
     assert grid.compute_scale(torch.zeros(3, 3), 4, "tensor") == 1.0
@@ -98,3 +100,20 @@ def test_one_clipping_rule_for_export_verify_ptq_and_the_regularizer(tmp_path, b
     assert torch.equal(scales["w"], grid.compute_scale(w, bits, clip=expected))
     pack({"w": w}, tmp_path / "w.psq", bits=bits)  # what `compress export --bits` does for a plain state
     assert torch.equal(load(tmp_path / "w.psq")["w"], snapped["w"])
+
+
+def test_scales_are_bfloat16_values_rounded_up():
+    w = torch.randn(64, 33) * torch.logspace(-6, 2, 64)[:, None]
+    for bits in (2, 4, 8):
+        for clip in ("max", "mse"):
+            s = grid.compute_scale(w, bits, "channel", clip)
+            assert torch.equal(s, s.to(torch.bfloat16).to(torch.float32)), (bits, clip)
+    raw = grid.max_scale(w, 8)
+    s = grid.compute_scale(w, 8, "channel", "max")
+    assert (s >= raw).all() and (s <= raw * (1 + 2**-7)).all()
+    assert ((w.abs() / s[:, None]) <= grid.qmax(8)).all()  # max clipping still clips nothing
+    x = torch.tensor([1.0, 3.0, 0.1, 1e-30, 3.3e38])
+    up = grid.round_up_bf16(x)
+    below = (up.view(torch.int32) - 0x10000).view(torch.float32)  # the bfloat16 value before it
+    assert (up >= x).all() and torch.equal(up, up.to(torch.bfloat16).to(torch.float32))
+    assert ((up == x) | (below < x)).all()  # the smallest such value

@@ -142,7 +142,8 @@ def test_load_uses_c_path(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "load_buffer", lambda *a, **k: calls.append(1) or real(*a, **k))
     from compress.export import pack
 
-    pack({"w": torch.tensor([[0.5, 0.0], [0.0, -1.0]])}, tmp_path / "m.psq", bits=4)
+    pack({"w": torch.tensor([[0.5, 0.0], [0.0, -1.0]])}, tmp_path / "m.psq", bits={"w": 4},
+         scales={"w": torch.tensor(0.5)})
     assert compress.load(tmp_path / "m.psq")["w"][1, 1] == -1.0
     assert calls == [1]
     monkeypatch.setenv(native.ENV, "0")
@@ -158,7 +159,7 @@ def _fresh_state(monkeypatch, tmp_path):
 def test_without_compiler_falls_back_once(tmp_path, monkeypatch):
     from compress.export import pack
 
-    pack({"w": torch.ones(2, 2)}, tmp_path / "m.psq", bits=4)
+    pack({"w": torch.ones(2, 2)}, tmp_path / "m.psq", bits={"w": 4}, scales={"w": torch.tensor(0.5)})
     _fresh_state(monkeypatch, tmp_path)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv(native.ENV, "auto")
@@ -230,7 +231,7 @@ def test_float_casts_match_torch_and_reference():
 def test_corpus_covers_the_matrix(corpus):
     seen, raw = set(), set()
     for name, data in corpus:
-        if not name.startswith(("dense", "bitmask", "golomb")):
+        if not name.startswith(("dense", "bitmask", "golomb", "block")):
             continue
         pf = compress.decoder.from_bytes(data)
         for r in pf.records:
@@ -238,8 +239,13 @@ def test_corpus_covers_the_matrix(corpus):
                 seen.add((r.encoding, r.bits, r.scale_count > 1, r.dtype))
             else:
                 raw.add((r.dtype, r.store))
-    assert seen == {(e, b, g, d) for e in range(3) for b in range(2, 9) for g in (False, True) for d in (1, 2, 3, 4)}
+    assert seen == {(e, b, g, d) for e in range(4) for b in range(2, 9) for g in (False, True) for d in (1, 2, 3, 4)}
     assert raw >= {(d, d) for d in range(1, 11)} | {(1, 2)}
+    stores = set()  # 16-bit scales under every encoding, per tensor and per channel
+    for name, data in corpus:
+        if name.startswith("scales16-"):
+            stores |= {(r.store, r.encoding, r.scale_count > 1) for r in compress.decoder.from_bytes(data).records}
+    assert stores == {(s, e, g) for s in (2, 3) for e in range(4) for g in (False, True)}
 
 
 def test_corpus_bit_identical(corpus):
@@ -247,7 +253,7 @@ def test_corpus_bit_identical(corpus):
     accepted = 0
     for _, data in corpus:
         accepted += assert_agree(data) is not None
-    assert accepted >= 42 + 18
+    assert accepted >= 42 + 14 + 8 + 24
 
 
 def test_rows_equal_whole_tensor(corpus):
@@ -270,6 +276,79 @@ def test_rows_equal_whole_tensor(corpus):
                                        ctypes.byref(err)) == 0
                 assert same(row, flat[r]), (name, opened.name(t), r)
             assert c.psq_rows_next(ctypes.byref(rows), None, 0, ctypes.byref(err)) != 0  # past the last row
+
+
+def test_levels_times_scales_equal_the_reference(corpus):
+    """psq_decode_levels: float32(level) * scale is the reference's float32 tensor, bit for bit."""
+    import numpy as np
+
+    c = lib()
+    checked = set()
+    for name, data in corpus:
+        if name.startswith("mutant"):
+            continue
+        ref = {t["name"]: t for t in reference.decode_file(data)["tensors"]}
+        opened = native.Opened(c, bytearray(data), 1 << 28)
+        for t in opened.tensors:
+            if t.kind != L.QUANT:
+                with pytest.raises(compress.errors.ArgumentError, match="t must be a QUANT tensor"):
+                    native.decode_levels(opened, t)
+                continue
+            levels, scales = native.decode_levels(opened, t)
+            assert levels.dtype == np.int8 and levels.shape == tuple(t.dims[: t.rank])
+            assert scales.dtype == np.float32 and scales.shape == (t.scale_count,)
+            tensor = ref[opened.name(t)]
+            assert levels.reshape(-1).tolist() == tensor["levels"]
+            assert scales.tolist() == tensor["scales"]  # float32 widened to Python floats: exact
+            rows = t.dims[0] if t.rank else 1
+            per_row = np.repeat(scales, t.numel // rows) if t.scale_count > 1 else scales[0]
+            got = levels.reshape(-1).astype(np.float32) * per_row
+            want = np.array([reference.dequantize_level(q, s) for q, s in
+                             zip(tensor["levels"], np.broadcast_to(per_row, (t.numel,)).tolist())], np.float32)
+            assert np.array_equal(got.view(np.int32), want.view(np.int32)), name
+            if tensor["dtype"] == "float32":  # and the decoded tensor itself
+                assert np.array_equal(got.view(np.int32), np.array(tensor["values"], np.float32).view(np.int32))
+            checked.add(t.encoding)
+    assert checked >= {L.DENSE, L.BITMASK, L.GOLOMB}
+
+
+def test_levels_refuses_small_buffers(corpus):
+    c = lib()
+    name, data = next((n, d) for n, d in corpus if n.startswith("bitmask"))
+    opened = native.Opened(c, bytearray(data), 1 << 28)
+    t = next(t for t in opened.tensors if t.kind == L.QUANT and t.numel > 1)
+    levels = (ctypes.c_int8 * t.numel)()
+    scales = (ctypes.c_float * t.scale_count)()
+    f, err = ctypes.byref(opened.file), native.PsqError()
+    assert c.psq_decode_levels(f, ctypes.byref(t), levels, t.numel, scales, t.scale_count, ctypes.byref(err)) == 0
+    assert c.psq_decode_levels(f, ctypes.byref(t), levels, t.numel - 1, scales, t.scale_count,
+                               ctypes.byref(err)) == 17 and err.field == b"levels"
+    assert c.psq_decode_levels(f, ctypes.byref(t), levels, t.numel, scales, t.scale_count - 1,
+                               ctypes.byref(err)) == 17 and err.field == b"scales"
+    raw = next((t for t in opened.tensors if t.kind == L.RAW), None)
+    if raw is not None:
+        assert c.psq_decode_levels(f, ctypes.byref(raw), levels, t.numel, scales, t.scale_count,
+                                   ctypes.byref(err)) == 17
+
+
+def test_older_c_reader_refuses_each_flag(tmp_path, corpus):
+    """psq.c built without a feature bit (-DPSQ_KNOWN_FLAGS) refuses the files that set it, at the header."""
+    lib()
+    files = dict(corpus)
+    picks = {"block": "block-b4-tensor.psq", "scales16": "edge-scales16-scalar.psq", "plain": "dense-b4-tensor.psq"}
+    for name, file in picks.items():
+        (tmp_path / f"{name}.psq").write_bytes(files[file])
+    names = [f"{n}.psq" for n in picks]
+    for known, refused in ((0, {"block", "scales16"}), (L.FLAG_SCALES16, {"block"}), (L.FLAG_BLOCK, {"scales16"})):
+        tool = native._compile(native.compiler(), ("-O1", "-std=c99"), ("psqdump.c", "psq.c"), "psqdump-known{key}",
+                               (f"-DPSQ_KNOWN_FLAGS={known}u",))
+        lines = run_tool(tool, tmp_path, names)
+        for name in picks:
+            last = [line for line in lines if line.startswith(f"{name}.psq ")][-1]
+            if name in refused:
+                assert last == f"{name}.psq error flags 12", last
+            else:
+                assert last.split()[1] == "ok", last
 
 
 def test_duplicate_check_without_work_buffer(tiny_dup):

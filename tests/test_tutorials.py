@@ -139,3 +139,14 @@ def test_04_the_format_by_hand(tmp_path):
               "--tensor", "out.weight", timeout=120)
     assert "decode_golomb -> positions [3, 40, 74, 127], gaps [3, 36, 33, 52]" in out
     assert "'out.weight' by hand == reference.decode_tensor: True; == compress.load (bit for bit): True" in out
+
+
+def test_04_walks_block_encoding_and_16bit_scales(tmp_path):
+    """The by-hand walk on the golden file of the newer features: a BLOCK tensor with
+    float16 scales, a ragged BLOCK one, and bfloat16 scales."""
+    golden = ROOT / "tests" / "data" / "features.psq"
+    for tensor in ("blk.weight", "narrow.weight", "tiny.weight"):
+        out = run("04_the_format_by_hand.py", tmp_path, "--file", str(golden), "--tensor", tensor, timeout=120)
+        assert f"'{tensor}' by hand == reference.decode_tensor: True; == compress.load (bit for bit): True" in out
+    assert "4c. BLOCK of 16" in run("04_the_format_by_hand.py", tmp_path, "--file", str(golden), "--tensor",
+                                    "narrow.weight", timeout=120)

@@ -39,7 +39,7 @@ RECORD_FIELDS = [
     (9, "u8", "store"), (10, "u8", "bits"), (11, "u8", "encoding"), (12, "u32", "scale_count"),
     (16, "u32", "golomb_m"), (20, "u32", "unary_bits"), (24, "u32[6]", "dims"), (48, "u64", "nnz"),
     (56, "u64", "data_off"), (64, "u64", "data_len"), (72, "u64", "index_len"), (80, "u32", "data_crc"),
-    (84, "u32", "reserved"),
+    (84, "u32", "block"),
 ]
 WIDTH = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
 
@@ -198,7 +198,7 @@ def main(argv=None) -> None:
     # -----------------------------------------------------------------------------------
     start, numel, bits = r.data_off, r.numel, r.bits
     scales_at = start
-    index_at = scales_at + 4 * r.scale_count
+    index_at = scales_at + L.SCALE_STORES[r.store] * r.scale_count  # 4 bytes each, or 2 (16-bit scales)
     values_at = index_at + r.index_len
     end = start + r.data_len
     print(f"\n== step 4: decode {r.name!r}: data block [{start}, {end}): scales at {scales_at}, "
@@ -209,17 +209,25 @@ def main(argv=None) -> None:
     crc = zlib.crc32(buf[start:end])
     print(f"4a. CRC-32 of the block = 0x{crc:08x}; data_crc {'matches' if crc == r.data_crc else 'DIFFERS'}")
 
-    # 4b. Scales: scale_count float32, one per output channel (axis 0) or one in all.
-    scales = ref.read_scales(buf, scales_at, r.scale_count, bits)
+    # 4b. Scales: scale_count float32 (or float16 / bfloat16 when the record's `store`
+    # says so), one per output channel (axis 0) or one in all.
+    scales = ref.read_scales(buf, scales_at, r.scale_count, bits, r.store)
     qmax = (1 << (bits - 1)) - 1
     shown = ", ".join(f"{s:.6g}" for s in scales[:8]) + (", ..." if len(scales) > 8 else "")
     print(f"4b. {len(scales)} scales (read_scales): [{shown}]; levels are in [-{qmax}, {qmax}]")
 
     # 4c. Index: where the nonzero levels are (none for DENSE).
     enc = r.encoding
+    blocks = None
     if enc == L.DENSE:
         positions = None
         print("4c. DENSE: no index, every level is stored")
+    elif enc == L.BLOCK:
+        blocks = ref.decode_block_index(buf, index_at, r, end - values_at)
+        positions = [first + j for first, width in blocks for j in range(width)]  # every element of a stored block
+        print(f"4c. BLOCK of {r.block}: one bit per block of {r.block} consecutive elements of a row; "
+              f"decode_block_index -> {len(blocks)} stored blocks (first element, width): {blocks[:8]}"
+              f"{' ...' if len(blocks) > 8 else ''}")
     elif enc == L.BITMASK:
         positions = ref.decode_bitmask(buf, index_at, numel, r.nnz)
         bits_str = "".join(str(ref.read_bits(buf, index_at, i, 1)) for i in range(min(numel, 128)))
@@ -235,7 +243,7 @@ def main(argv=None) -> None:
 
     # 4d. Values: `count` fields of `bits` bits, LSB-first, two's complement. Here are
     # the first fields read by hand, then all of them with decode_levels.
-    count = numel if enc == L.DENSE else r.nnz
+    count = numel if enc == L.DENSE else len(positions) if enc == L.BLOCK else r.nnz
     print(f"4d. {count} levels of {bits} bits at offset {values_at}; the first ones by hand:")
     for i in range(min(count, 4)):
         pos = i * bits
@@ -243,7 +251,7 @@ def main(argv=None) -> None:
         level = field - (1 << bits) if field & (1 << (bits - 1)) else field
         print(f"    level {i}: stream bits {pos}..{pos + bits - 1} = byte {values_at + (pos >> 3)} "
               f"(0x{buf[values_at + (pos >> 3)]:02x}) from bit {pos & 7}: field 0b{field:0{bits}b} -> {level}")
-    stored = ref.decode_levels(buf, values_at, count, bits, enc != L.DENSE)
+    stored = ref.decode_levels(buf, values_at, count, bits, enc in (L.BITMASK, L.GOLOMB))  # BLOCK keeps zeros
     print(f"    decode_levels -> {stored[:24]}{' ...' if count > 24 else ''}")
 
     # 4e. Scatter into a dense array of levels (absent = 0), then dequantize: element i

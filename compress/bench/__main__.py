@@ -26,7 +26,7 @@ from compress.atomic import write_text
 
 # Registered sections, in run order: each is a module compress/bench/<name>.py exposing
 # run(args) -> dict and optionally add_arguments(parser). Add a section with one entry.
-SECTIONS = ["overhead", "format", "accuracy", "finetune"]
+SECTIONS = ["overhead", "format", "kernels", "engine", "accuracy", "structure", "finetune"]
 
 
 def _load(name: str):

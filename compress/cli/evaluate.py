@@ -15,7 +15,7 @@ import json
 
 # How the library's parameter names read on this command line.
 NAMES = {"model": "MODEL", "recipe": "--recipe", "manifest_dir": "--manifest-dir", "audio": "AUDIO",
-         "output": "--output"}
+         "output": "--output", "engine": "--engine"}
 
 
 def add_recipe_option(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,13 @@ def add_recipe_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", metavar="PATH", default=None,
                    help="the recipe MODEL was trained with: a results.json or a Hydra .hydra/config.yaml "
                         "(default: the one beside MODEL; a .ckpt alone uses its saved hyperparameters)")
+
+
+def add_engine_option(p: argparse.ArgumentParser) -> None:
+    """``--engine {torch,c}``, shared with ``transcribe``."""
+    p.add_argument("--engine", choices=("torch", "c"), default="torch",
+                   help="torch: the PyTorch model (default); c: the C engine on a ctc_lstm MODEL.psq "
+                        "(int8 kernels, one utterance at a time)")
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +47,7 @@ def add_parser(subparsers) -> None:
                         "line); each file is a split named after it")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="write {split: {wer, cer}} as JSON to FILE (atomically)")
+    add_engine_option(p)
     p.set_defaults(func=run)
 
 
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from compress.pipeline import evaluate_manifests
 
     with model_errors():
-        metrics = evaluate_manifests(args.model, args.manifest_dir, recipe=args.recipe)
+        metrics = evaluate_manifests(args.model, args.manifest_dir, recipe=args.recipe, engine=args.engine)
     print("| split | WER | CER |\n|---|---|---|")
     for split, m in metrics.items():
         print(f"| {split} | {100 * m['wer']:.2f}% | {100 * m['cer']:.2f}% |")

@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help=f"output file (default: CKPT with {EXTENSION})")
     add_common(p)
     p.add_argument("--fp16", action="store_true", help="store unquantized float32 tensors as float16")
+    p.add_argument("--scales32", action="store_true",
+                   help="keep float32 scales where 16 bits would be exact (for readers without that feature)")
     p.add_argument("--recipe", default=None, help="recipe name recorded in the file's metadata")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
@@ -58,7 +60,7 @@ def run(args) -> int:
     try:
         summary = pack(args.checkpoint, out, bits=args.bits, granularity=args.granularity,
                        passthrough_dtype="float16" if args.fp16 else "float32", recipe=args.recipe,
-                       progress=progress, trust_checkpoint=args.trust_checkpoint)
+                       progress=progress, trust_checkpoint=args.trust_checkpoint, scales16=not args.scales32)
     except (ValueError, TypeError) as err:
         raise CliError(str(err)) from None
     if not args.quiet:

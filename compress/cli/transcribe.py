@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from compress.cli.evaluate import add_recipe_option, model_errors
+from compress.cli.evaluate import add_engine_option, add_recipe_option, model_errors
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +22,7 @@ def add_parser(subparsers) -> None:
                     "line per file: PATH<TAB>TEXT.")
     add_recipe_option(p)
     p.add_argument("audio", metavar="AUDIO", nargs="+", help="WAV files")
+    add_engine_option(p)
     p.set_defaults(func=run)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from compress.pipeline import transcribe_files
 
     with model_errors():
-        texts = transcribe_files(args.model, args.audio, recipe=args.recipe)
+        texts = transcribe_files(args.model, args.audio, recipe=args.recipe, engine=args.engine)
     for path, text in texts:
         print(f"{path}\t{text}")
     return 0

@@ -20,7 +20,8 @@ chunk at a time, so that it stays in cache), then widened and scaled into the ou
 Example:
     >>> import torch, compress
     >>> from compress.export import pack
-    >>> _ = pack({"w": torch.tensor([[0.5, 0.0], [0.0, -1.0]])}, "/tmp/fast_doc.psq", bits=4)
+    >>> _ = pack({"w": torch.tensor([[0.5, 0.0], [0.0, -1.0]])}, "/tmp/fast_doc.psq", bits={"w": 4},
+    ...          scales={"w": torch.tensor(0.25)})
     >>> compress.load("/tmp/fast_doc.psq")["w"]
     tensor([[ 0.5000,  0.0000],
             [ 0.0000, -1.0000]])
@@ -118,14 +119,50 @@ def _levels(buf: np.ndarray, at: int, count: int, bits: int, sparse: bool) -> np
     return q
 
 
-def _scales(buf: np.ndarray, at: int, count: int, bits: int) -> np.ndarray:
-    s = buf[: 4 * count].view("<f4").astype(np.float32)
+def _scales(buf: np.ndarray, at: int, count: int, bits: int, store: int = L.QUANT_STORE) -> np.ndarray:
+    size = L.SCALE_STORES[store]
+    if store == Dtype.FLOAT16:  # widened exactly, as reference.read_scale
+        s = buf[: 2 * count].view("<f2").astype(np.float32)
+    elif store == Dtype.BFLOAT16:
+        s = (buf[: 2 * count].view("<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        s = buf[: 4 * count].view("<f4").astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are what this check rejects
         ok = (s.astype(np.float64) * ((1 << (bits - 1)) - 1) <= L.MAX_FLOAT32) & (s > 0)  # False for NaN
     if not ok.all():
         i = int(np.argmin(ok))
-        raise FormatError(f"scales: scale {float(s[i])!r} is not finite and positive at offset {at + 4 * i}")
+        raise FormatError(f"scales: scale {float(s[i])!r} is not finite and positive at offset {at + size * i}")
     return s
+
+
+def _block(index: np.ndarray, values: np.ndarray, r: L.Record, idx_at: int, val_at: int, out: torch.Tensor) -> None:
+    """BLOCK: the levels into ``out`` (int8, numel), with reference.decode_tensor's checks."""
+    b, bits = r.block, r.bits
+    rows, cols, nb = L.block_grid(r.shape, b)
+    nbits = rows * nb
+    stored = np.unpackbits(index, bitorder="little")[:nbits].view(bool)
+    width = np.full(nb, b, dtype=np.int64)
+    width[-1] = cols - (nb - 1) * b
+    widths = np.where(stored.reshape(rows, nb), width, 0).reshape(-1)
+    count = int(widths.sum())
+    if L.values_len(count, bits) != values.size:
+        raise FormatError(f"index: {int(stored.sum())} stored blocks hold {count} levels, not {values.size} bytes "
+                          f"at offset {idx_at}")
+    if nbits % 8 and int(index[-1]) >> (nbits % 8):
+        raise FormatError(f"index: nonzero pad bits at offset {idx_at + index.size - 1}")
+    levels = _levels(values, val_at, count, bits, False)
+    keep = stored.reshape(rows, nb)[:, np.arange(cols) // b]  # each element: is its block stored
+    q = out.numpy().reshape(rows, cols)
+    q[...] = 0
+    q[keep] = levels
+    grid = np.zeros((rows, nb * b), dtype=bool)
+    grid[:, :cols] = q != 0
+    empty = stored & ~grid.reshape(rows, nb, b).any(axis=2).reshape(-1)
+    if empty.any():
+        k = int(widths[: int(np.argmax(empty))].sum())  # the block's first value
+        raise FormatError(f"values: stored block holds no nonzero level at offset {val_at + (k * bits >> 3)}")
+    if int(np.count_nonzero(levels)) != r.nnz:
+        raise ref.record_error(r, "nnz", f"{r.nnz} does not match the stored blocks' levels")
 
 
 def decode(pf: PackedFile, r: L.Record, *, levels: bool = True, scratch: torch.Tensor | None = None,
@@ -146,9 +183,15 @@ def decode(pf: PackedFile, r: L.Record, *, levels: bool = True, scratch: torch.T
         _raw(block, r, out)
         return out, None
     numel, bits, nnz, enc, sc = r.numel, r.bits, r.nnz, r.encoding, r.scale_count
-    scales = torch.from_numpy(_scales(block, start, sc, bits))
-    idx_at, val_at = 4 * sc, 4 * sc + r.index_len
+    scales = torch.from_numpy(_scales(block, start, sc, bits, r.store))
+    idx_at = L.SCALE_STORES[r.store] * sc
+    val_at = idx_at + r.index_len
     index, values = block[idx_at:val_at], block[val_at:]
+    if scratch is None or scratch.numel() < numel:
+        scratch = torch.empty(numel, dtype=torch.int8)
+    if enc == L.BLOCK:
+        _block(index, values, r, start + idx_at, start + val_at, scratch[:numel])
+        return _scaled(scratch[:numel], scales, sc, numel, out, shape, levels)
     stored = _levels(values, start + val_at, numel if enc == L.DENSE else nnz, bits, enc != L.DENSE)
     if enc == L.DENSE and int(np.count_nonzero(stored)) != nnz:
         raise ref.record_error(r, "nnz", f"{nnz} does not match the dense values")
@@ -160,8 +203,6 @@ def decode(pf: PackedFile, r: L.Record, *, levels: bool = True, scratch: torch.T
     if enc == L.DENSE:
         q = stored
     else:
-        if scratch is None or scratch.numel() < numel:
-            scratch = torch.empty(numel, dtype=torch.int8)
         q = scratch[:numel]
         q.zero_()
         if enc == L.GOLOMB:
@@ -179,6 +220,11 @@ def decode(pf: PackedFile, r: L.Record, *, levels: bool = True, scratch: torch.T
                 v0 += pos.size
             if v0 != nnz:
                 raise FormatError(f"index: bitmask popcount differs from nnz {nnz} at offset {start + idx_at}")
+    return _scaled(q, scales, sc, numel, out, shape, levels)
+
+
+def _scaled(q: torch.Tensor, scales: torch.Tensor, sc: int, numel: int, out: torch.Tensor, shape, levels: bool):
+    """``out = float32(q) * scale`` per channel, cast to ``out``'s dtype; returns ``(out, levels or None)``."""
     # float32(q) * float32(scale), one rounding, zeros included (0 * s = +0.0, as the reference);
     # widening, then scaling in place is ~2x faster than one mixed-dtype multiply.
     direct = out.dtype == torch.float32

@@ -15,10 +15,11 @@ Example:
     >>> import torch, compress
     >>> from compress.export import pack
     >>> from compress.decoder import reference
-    >>> _ = pack({"w": torch.tensor([[0.5, 0.0], [0.0, -1.0]])}, "/tmp/ref_doc.psq", bits=4)
+    >>> _ = pack({"w": torch.tensor([[0.5, 0.0], [0.0, -1.0]])}, "/tmp/ref_doc.psq", bits={"w": 4},
+    ...          scales={"w": torch.tensor(0.25)})
     >>> out = reference.decode_file(open("/tmp/ref_doc.psq", "rb").read())
     >>> out["tensors"][0]["values"], out["tensors"][0]["levels"]
-    ([0.5, 0.0, 0.0, -1.0], [7, 0, 0, -7])
+    ([0.5, 0.0, 0.0, -1.0], [2, 0, 0, -4])
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def read_header(buf: bytes) -> dict:
         raise header_error("header_crc", "checksum mismatch")
     if major != L.MAJOR:
         raise header_error("major", f"version {major}.{minor} is not readable by a v{L.MAJOR} reader")
-    if flags != 0:
-        raise header_error("flags", f"unknown required features 0x{flags:08x}")
+    if flags & ~L.KNOWN_FLAGS:
+        raise header_error("flags", f"unknown required features 0x{flags & ~L.KNOWN_FLAGS:08x}")
     if file_len != len(buf):
         raise header_error("file_len", f"header says {file_len} bytes, file has {len(buf)}")
     if meta_len > L.MAX_META:
@@ -77,7 +78,7 @@ def read_header(buf: bytes) -> dict:
     if table_end > file_len:
         raise header_error("n_tensors", f"table of {n} records and {names_len} name bytes runs past the end")
     return {"n_tensors": n, "meta_len": meta_len, "names_len": names_len, "file_len": file_len,
-            "meta_crc": meta_crc, "table_crc": table_crc, "minor": minor, "table_end": table_end}
+            "meta_crc": meta_crc, "table_crc": table_crc, "minor": minor, "table_end": table_end, "flags": flags}
 
 
 def read_metadata(buf: bytes, h: dict) -> dict:
@@ -107,11 +108,12 @@ def read_record(buf: bytes, off: int, i: int) -> L.Record:
     return L.Record.unpack_from(buf, off, i)
 
 
-def check_record(r: L.Record, expect_off: int, file_len: int) -> int:
-    """``int check_record(const psq_record *r, uint64_t expect_off, uint64_t file_len, uint64_t *numel)``.
+def check_record(r: L.Record, expect_off: int, file_len: int, flags: int = 0) -> int:
+    """``int check_record(const psq_record *r, uint64_t expect_off, uint64_t file_len, uint32_t flags, uint64_t *numel)``.
 
-    Checks every field of one record against the spec; returns ``numel``. C: ``numel``
-    is a product of up to six u32 dims: check each multiply against the cap first.
+    Checks every field of one record against the spec and the header's ``flags``; returns
+    ``numel``. C: ``numel`` is a product of up to six u32 dims: check each multiply against
+    the cap first.
     """
     if r.rank > L.MAX_RANK or any(d != 0 for d in r.dims[r.rank :]):
         raise record_error(r, "rank", f"{r.rank} or its unused dims are invalid")
@@ -122,25 +124,27 @@ def check_record(r: L.Record, expect_off: int, file_len: int) -> int:
             raise record_error(r, "dims", f"element count exceeds {L.MAX_NUMEL}")
     if r.data_off != expect_off or r.data_len > file_len - expect_off:
         raise record_error(r, "data_off", f"block [{r.data_off}, +{r.data_len}) expected at {expect_off}")
-    if r.dtype not in L.DTYPES or r.reserved != 0:  # a set reserved is reported as dtype (psq.c does too)
-        raise record_error(r, "dtype", f"unknown code {r.dtype} (or reserved set)")
+    if r.dtype not in L.DTYPES:
+        raise record_error(r, "dtype", f"unknown code {r.dtype}")
     if r.kind == L.RAW:
         # float32 may be stored as float16 (the reader widens it back); any other dtype as itself
         ok = r.store == r.dtype or (r.store == L.F16 and r.dtype == L.F32)
-        unused = (r.bits, r.encoding, r.scale_count, r.golomb_m, r.unary_bits, r.nnz, r.index_len)
+        unused = (r.bits, r.encoding, r.scale_count, r.golomb_m, r.unary_bits, r.nnz, r.index_len, r.block)
         if not ok or any(unused):
             raise record_error(r, "store", f"invalid raw record (store {r.store}, unused fields set)")
         if r.data_len != numel * L.DTYPES[r.store][1]:
             raise record_error(r, "data_len", f"{r.data_len} != numel * itemsize")
         return numel
-    if r.kind != L.QUANT or r.store != L.QUANT_STORE or r.dtype not in L.FLOAT_CODES or numel == 0:
+    if r.kind != L.QUANT or r.dtype not in L.FLOAT_CODES or numel == 0:
         raise record_error(r, "kind", f"invalid quantized record (kind {r.kind}, numel {numel})")
-    check_quant_fields(r, numel)
+    if r.store not in L.SCALE_STORES or (r.store != L.QUANT_STORE and not flags & L.FLAG_SCALES16):
+        raise record_error(r, "store", f"scale storage {r.store} unknown or not announced in flags")
+    check_quant_fields(r, numel, flags)
     return numel
 
 
-def check_quant_fields(r: L.Record, numel: int) -> None:
-    """``int check_quant_fields(const psq_record *r, uint64_t numel)``: bits, encoding, sizes."""
+def check_quant_fields(r: L.Record, numel: int, flags: int = 0) -> None:
+    """``int check_quant_fields(const psq_record *r, uint64_t numel, uint32_t flags)``: bits, encoding, sizes."""
     bits, enc, nnz = r.bits, r.encoding, r.nnz
     if not 2 <= bits <= 8:
         raise record_error(r, "bits", f"{bits} not in [2, 8]")
@@ -149,6 +153,15 @@ def check_quant_fields(r: L.Record, numel: int) -> None:
     if nnz > numel:
         raise record_error(r, "nnz", f"{nnz} exceeds numel {numel}")
     m, ub, ilen = r.golomb_m, r.unary_bits, r.index_len
+    if enc not in L.ENCODING_NAMES or (enc == L.BLOCK and not flags & L.FLAG_BLOCK):
+        raise record_error(r, "encoding", f"unknown code {enc}")
+    if enc == L.BLOCK:  # C: cols = numel / rows, rows = dims[0] >= 1 since numel >= 1
+        _, cols, _ = L.block_grid(r.shape, 1)
+        if not L.MIN_BLOCK <= r.block <= min(L.MAX_BLOCK, cols):
+            raise record_error(r, "block", f"block width {r.block} not in [{L.MIN_BLOCK}, min(256, cols {cols})]")
+    elif r.block != 0:
+        raise record_error(r, "block", f"{r.block} set for encoding {enc}")
+    sbytes = L.SCALE_STORES[r.store] * r.scale_count
     if enc == L.DENSE:
         bad, count = m or ub or ilen, numel
     elif enc == L.BITMASK:
@@ -157,11 +170,16 @@ def check_quant_fields(r: L.Record, numel: int) -> None:
         w, _ = L.golomb_width(m)
         # C: ub and nnz * w are < 2^31 * 8 here only after this check; use uint64_t.
         bad, count = not 1 <= m <= max(1, numel) or ub < nnz or ub + nnz * w > 8 * ilen, nnz
-    else:
-        raise record_error(r, "encoding", f"unknown code {enc}")
+    else:  # BLOCK: the values' length follows from the index, checked in decode_block_index
+        rows, _, nb = L.block_grid(r.shape, r.block)
+        bad, count = m or ub or ilen != (rows * nb + 7) // 8, None
     if bad:
         raise record_error(r, "index_len", f"index fields inconsistent for encoding {enc}")
-    if r.data_len != 4 * r.scale_count + ilen + L.values_len(count, bits):
+    if count is None:  # C: data_len >= sbytes + ilen first, then the difference
+        ok = sbytes + ilen <= r.data_len <= sbytes + ilen + L.values_len(numel, bits)
+    else:
+        ok = r.data_len == sbytes + ilen + L.values_len(count, bits)
+    if not ok:
         raise record_error(r, "data_len", f"{r.data_len} does not match scales + index + values")
 
 
@@ -188,7 +206,7 @@ def read_table(buf: bytes, h: dict, max_numel: int = L.MAX_NUMEL) -> list:
         seen.add(name)
         r = r._replace(name=name)  # C: the name is (names_at + name_off, name_len); no copy
         name_off += r.name_len
-        total += check_record(r, expect, h["file_len"])
+        total += check_record(r, expect, h["file_len"], h["flags"])
         if total > max_numel:
             raise record_error(r, "dims", f"total element count exceeds the cap {max_numel}")
         end = expect + r.data_len
@@ -197,7 +215,21 @@ def read_table(buf: bytes, h: dict, max_numel: int = L.MAX_NUMEL) -> list:
         records.append(r)
     if name_off != h["names_len"] or expect != h["file_len"]:
         raise header_error("file_len", f"layout ends at {expect} (names {name_off}), file is {h['file_len']}")
+    check_flags_used(records, h["flags"])
     return records
+
+
+def check_flags_used(records: list, flags: int) -> None:
+    """``int check_flags_used(const psq_record *r, uint32_t n, uint32_t flags)``: every set bit
+    of ``flags`` is used by some record (the records already checked that they use only set bits)."""
+    used = 0
+    for r in records:
+        if r.kind == L.QUANT and r.encoding == L.BLOCK:
+            used |= L.FLAG_BLOCK
+        if r.kind == L.QUANT and r.store != L.QUANT_STORE:
+            used |= L.FLAG_SCALES16
+    if flags != used:
+        raise header_error("flags", f"features 0x{flags & ~used:08x} set but used by no tensor")
 
 
 def read_bits(buf: bytes, base: int, pos: int, width: int) -> int:
@@ -221,17 +253,31 @@ def check_pad_bits(buf: bytes, base: int, used_bits: int, length: int, field: st
         raise FormatError(f"{field}: nonzero pad bits at offset {base + length - 1}")
 
 
-def read_scales(buf: bytes, at: int, count: int, bits: int) -> list:
-    """``int read_scales(const uint8_t *buf, size_t at, uint32_t count, int bits, float *out)``.
+def read_scale(buf: bytes, at: int, store: int) -> float:
+    """``float read_scale(const uint8_t *p, int store)``: one stored scale, widened exactly to float32.
 
-    A scale is finite, > 0 and small enough that ``qmax * scale`` is finite in float32.
+    float16 widens as the IEEE conversion does (C: ``psq_f16_to_f32``); bfloat16 is the high
+    half of a float32 (C: ``(uint32_t)h << 16``).
     """
-    qmax = (1 << (bits - 1)) - 1
+    if store == L.Dtype.FLOAT16:
+        return struct.unpack_from("<e", buf, at)[0]
+    if store == L.Dtype.BFLOAT16:
+        return struct.unpack("<f", struct.pack("<I", read_uint(buf, at, 2, "scales") << 16))[0]
+    return struct.unpack_from("<f", buf, at)[0]
+
+
+def read_scales(buf: bytes, at: int, count: int, bits: int, store: int = L.QUANT_STORE) -> list:
+    """``int read_scales(const uint8_t *buf, size_t at, uint32_t count, int bits, int store, float *out)``.
+
+    A scale (after widening) is finite, > 0 and small enough that ``qmax * scale`` is finite
+    in float32.
+    """
+    qmax, size = (1 << (bits - 1)) - 1, L.SCALE_STORES[store]
     out = []
     for i in range(count):
-        (s,) = struct.unpack_from("<f", buf, at + 4 * i)
+        s = read_scale(buf, at + size * i, store)
         if not 0.0 < s * qmax <= L.MAX_FLOAT32:  # also false for NaN; C: compare in double
-            raise FormatError(f"scales: scale {s!r} is not finite and positive at offset {at + 4 * i}")
+            raise FormatError(f"scales: scale {s!r} is not finite and positive at offset {at + size * i}")
         out.append(s)
     return out
 
@@ -263,6 +309,41 @@ def decode_bitmask(buf: bytes, at: int, numel: int, nnz: int) -> list:
         raise FormatError(f"index: bitmask has {len(positions)} set bits, nnz is {nnz} at offset {at}")
     check_pad_bits(buf, at, numel, (numel + 7) // 8, "index")
     return positions
+
+
+def decode_block_index(buf: bytes, at: int, r: L.Record, vlen: int) -> list:
+    """``int decode_block_index(const uint8_t *buf, size_t at, const psq_record *r, uint64_t vlen, uint64_t *count)``.
+
+    BLOCK's bitmask of ``rows * nb`` blocks: returns the stored blocks as ``(first element,
+    width)`` in order. Their summed width is the number of values, whose bytes must be the
+    ``vlen`` the record leaves for them; then the pad bits. C: no list is needed, only the
+    count; the levels are placed block by block while decoding.
+    """
+    b, ilen = r.block, r.index_len
+    rows, cols, nb = L.block_grid(r.shape, b)
+    blocks, count = [], 0
+    for k in range(rows * nb):
+        if (buf[at + (k >> 3)] >> (k & 7)) & 1:
+            row, j = divmod(k, nb)
+            width = min(b, cols - j * b)
+            blocks.append((row * cols + j * b, width))
+            count += width
+    if L.values_len(count, r.bits) != vlen:
+        raise FormatError(f"index: {len(blocks)} stored blocks hold {count} levels, not {vlen} bytes at offset {at}")
+    check_pad_bits(buf, at, rows * nb, ilen, "index")
+    return blocks
+
+
+def check_blocks(levels: list, blocks: list, at: int, bits: int) -> None:
+    """``int check_blocks(const int8_t *levels, ...)``: every stored block holds a nonzero level.
+
+    ``at`` is the values' offset; the error names the byte of the block's first level.
+    """
+    k = 0
+    for _, width in blocks:
+        if not any(levels[k : k + width]):
+            raise FormatError(f"values: stored block holds no nonzero level at offset {at + (k * bits >> 3)}")
+        k += width
 
 
 def decode_golomb(buf: bytes, at: int, r: L.Record) -> list:
@@ -388,13 +469,23 @@ def decode_tensor(buf: bytes, r: L.Record) -> dict:
         out.update(encoding=None, values=decode_raw(buf, r))
         return out
     numel, bits, enc = r.numel, r.bits, r.encoding
-    scales = read_scales(buf, r.data_off, r.scale_count, bits)
-    idx_at = r.data_off + 4 * r.scale_count
+    scales = read_scales(buf, r.data_off, r.scale_count, bits, r.store)
+    idx_at = r.data_off + L.SCALE_STORES[r.store] * r.scale_count
     val_at = idx_at + r.index_len
     if enc == L.DENSE:
         levels = decode_levels(buf, val_at, numel, bits, False)
         if sum(1 for v in levels if v) != r.nnz:  # the record's nnz is wrong: named at that field
             raise record_error(r, "nnz", f"{r.nnz} does not match the dense values")
+    elif enc == L.BLOCK:
+        blocks = decode_block_index(buf, idx_at, r, r.data_off + r.data_len - val_at)
+        stored = decode_levels(buf, val_at, sum(w for _, w in blocks), bits, False)
+        check_blocks(stored, blocks, val_at, bits)
+        if sum(1 for v in stored if v) != r.nnz:
+            raise record_error(r, "nnz", f"{r.nnz} does not match the stored blocks' levels")
+        levels, k = [0] * numel, 0  # C: numel was capped in check_record before this allocation
+        for first, width in blocks:
+            levels[first : first + width] = stored[k : k + width]
+            k += width
     else:
         positions = decode_bitmask(buf, idx_at, numel, r.nnz) if enc == L.BITMASK else decode_golomb(buf, idx_at, r)
         stored = decode_levels(buf, val_at, r.nnz, bits, True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from compress.atomic import write_bytes
-from compress.checks import check_choice
+from compress.checks import check_bool, check_choice
 from compress.export.sources import resolve
 from compress.format import layout as L
 from compress.format import metadata as M
@@ -81,7 +81,7 @@ def _scale_for(name: str, w: torch.Tensor, bits: int, scale, granularity: str) -
     return scale
 
 
-def _encode_quant(name: str, t: torch.Tensor, bits: int, scale, granularity: str) -> Encoded:
+def _encode_quant(name: str, t: torch.Tensor, bits: int, scale, granularity: str, scales16: bool = False) -> Encoded:
     if not t.is_floating_point():
         raise TypeError(f"tensor {name!r} is {t.dtype}; only floating tensors can be quantized")
     w = t.detach().to("cpu", torch.float32)
@@ -95,7 +95,7 @@ def _encode_quant(name: str, t: torch.Tensor, bits: int, scale, granularity: str
             raise ValueError(f"tensor {name!r} is not on its {bits}-bit grid: element {worst} is off by "
                              f"{float(err.view(-1)[worst]):.3g} (snap it with compress.quant.grid.snap first)")
     scales = s.reshape(-1).numpy() if s.dim() else s.reshape(1).numpy()
-    return encode_quant(q.numpy(), tuple(t.shape), bits, scales, _dtype_code(t, name))
+    return encode_quant(q.numpy(), tuple(t.shape), bits, scales, _dtype_code(t, name), scales16=scales16)
 
 
 def _encode_raw(name: str, t: torch.Tensor, passthrough: torch.dtype) -> Encoded:
@@ -114,7 +114,8 @@ def _encode_raw(name: str, t: torch.Tensor, passthrough: torch.dtype) -> Encoded
 
 def pack(source, path, *, callbacks=None, bits=None, targets=None, scales=None, masks=None,
          granularity: str = "channel", passthrough_dtype: str = "float32", recipe: str | None = None,
-         metadata: dict | None = None, progress: bool = False, trust_checkpoint: bool = False) -> PackSummary:
+         metadata: dict | None = None, progress: bool = False, trust_checkpoint: bool = False,
+         scales16: bool = True) -> PackSummary:
     """Pack ``source`` into the PSQ file ``path``.
 
     Args:
@@ -134,6 +135,11 @@ def pack(source, path, *, callbacks=None, bits=None, targets=None, scales=None, 
         metadata: extra JSON-serializable provenance, stored under ``"extra"``.
         progress: show a tqdm bar on stderr.
         trust_checkpoint: allow arbitrary pickled objects when loading a checkpoint path.
+        scales16: store a tensor's scales in float16 (else bfloat16) when every one of them
+            is exact there (FORMAT.md, "Writer rules"); the decoded weights are unchanged.
+            The callbacks' grids are bfloat16 values (``grid.compute_scale``), so trained
+            models qualify. False writes float32 scales, a file that readers of PSQ 1.0
+            without the 16-bit-scale feature can read.
 
     Returns:
         A ``PackSummary`` (per-tensor bytes, encoding, bits/weight; ``str()`` gives the table).
@@ -144,6 +150,7 @@ def pack(source, path, *, callbacks=None, bits=None, targets=None, scales=None, 
     """
     check_choice("passthrough_dtype", passthrough_dtype, tuple(PASSTHROUGH))
     check_choice("granularity", granularity, grid.GRANULARITIES)
+    check_bool("scales16", scales16)
     res = resolve(source, callbacks=callbacks, bits=bits, targets=targets, scales=scales, masks=masks,
                   trust_checkpoint=trust_checkpoint)
     from compress import __version__
@@ -164,7 +171,7 @@ def pack(source, path, *, callbacks=None, bits=None, targets=None, scales=None, 
         _check_finite(t, name)
         _check_mask(name, t, res.masks.get(name))
         if name in res.bits and t.numel():  # empty tensors pass through: nothing to quantize
-            encoded = _encode_quant(name, t, res.bits[name], res.scales.get(name), granularity)
+            encoded = _encode_quant(name, t, res.bits[name], res.scales.get(name), granularity, scales16)
         else:
             encoded = _encode_raw(name, t, PASSTHROUGH[passthrough_dtype])
         entries.append((name, encoded))

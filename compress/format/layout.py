@@ -42,7 +42,7 @@ RECORD_FIELDS = (
     ("name_off", "I"), ("name_len", "H"), ("rank", "B"), ("kind", "B"), ("dtype", "B"), ("store", "B"),
     ("bits", "B"), ("encoding", "B"), ("scale_count", "I"), ("golomb_m", "I"), ("unary_bits", "I"),
     ("dims", f"{MAX_RANK}I"), ("nnz", "Q"), ("data_off", "Q"), ("data_len", "Q"), ("index_len", "Q"),
-    ("data_crc", "I"), ("reserved", "I"),
+    ("data_crc", "I"), ("block", "I"),
 )
 
 
@@ -67,6 +67,14 @@ MAX_NAME = 1024  # bytes of one UTF-8 tensor name
 MAX_NUMEL = 1 << 28  # default reader cap on the summed element count of all tensors (1 GiB as f32)
 MAX_FLOAT32 = 3.4028234663852886e38  # FLT_MAX
 
+# Header ``flags``: required features (FORMAT.md, "Header"). A file sets a bit only when one of
+# its records uses the feature, so files without it keep their v1.0 bytes.
+FLAG_BLOCK = 1 << 0  # some QUANT record has encoding BLOCK
+FLAG_SCALES16 = 1 << 1  # some QUANT record stores its scales in 16 bits (store 2 or 3)
+KNOWN_FLAGS = FLAG_BLOCK | FLAG_SCALES16  # a reader rejects any other set bit
+MIN_BLOCK, MAX_BLOCK = 2, 256  # a BLOCK record's ``block`` width
+BLOCK_WIDTHS = (4, 8, 16, 32)  # the widths the writer tries (FORMAT.md, "Writer rules")
+
 
 class Kind(IntEnum):
     """A record's ``kind``: how its data block holds the tensor."""
@@ -81,6 +89,7 @@ class Encoding(IntEnum):
     DENSE = 0  # no index: every level is stored
     BITMASK = 1  # one bit per element
     GOLOMB = 2  # Golomb-coded gaps between nonzero positions
+    BLOCK = 3  # one bit per block of ``block`` consecutive elements of a row (flag FLAG_BLOCK)
 
 
 class Dtype(IntEnum):
@@ -98,11 +107,14 @@ class Dtype(IntEnum):
     BOOL = 10
 
 
-QUANT_STORE = 0  # a QUANT record's ``store``: its block is no one dtype (RAW: a Dtype)
+QUANT_STORE = 0  # a QUANT record's ``store``: float32 scales (RAW: a Dtype)
+# A QUANT record's ``store`` is its scales' storage: 0 float32, or (flag FLAG_SCALES16) the
+# Dtype code of a 16-bit float. {store: bytes per scale}.
+SCALE_STORES = {QUANT_STORE: 4, Dtype.FLOAT16: 2, Dtype.BFLOAT16: 2}
 
 # Short names for the members, as the encoder and the decoders spell them.
 RAW, QUANT = Kind.RAW, Kind.QUANT
-DENSE, BITMASK, GOLOMB = Encoding.DENSE, Encoding.BITMASK, Encoding.GOLOMB
+DENSE, BITMASK, GOLOMB, BLOCK = Encoding.DENSE, Encoding.BITMASK, Encoding.GOLOMB, Encoding.BLOCK
 F32, F16 = Dtype.FLOAT32, Dtype.FLOAT16
 KIND_NAMES = {k: k.name.lower() for k in Kind}  # {RAW: "raw", QUANT: "quant"}
 ENCODING_NAMES = {e: e.name.lower() for e in Encoding}  # {DENSE: "dense", ...}
@@ -153,6 +165,20 @@ def values_len(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
+def block_grid(shape, block: int) -> tuple[int, int, int]:
+    """``(rows, cols, nb)`` of a BLOCK tensor: ``rows = dims[0]`` (1 for rank 0), ``cols =
+    numel / rows``, and ``nb = ceil(cols / block)`` blocks per row (the last one narrower
+    when ``block`` does not divide ``cols``).
+
+    Example:
+        >>> block_grid((3, 10), 4), block_grid((2, 3, 4), 8)
+        ((3, 10, 3), (2, 12, 2))
+    """
+    rows = shape[0] if len(shape) else 1
+    cols = math.prod(shape) // rows if rows else 0
+    return rows, cols, (cols + block - 1) // block
+
+
 class Record(NamedTuple):
     """One tensor-table record: its fields in file order (``RECORD_FIELDS``), then what a reader
     knows beside them: the tensor's ``name`` from the name pool, the record's byte ``offset``
@@ -188,7 +214,7 @@ class Record(NamedTuple):
     data_len: int = 0
     index_len: int = 0
     data_crc: int = 0
-    reserved: int = 0
+    block: int = 0
     name: str = ""
     offset: int = 0
     index: int = 0

@@ -39,7 +39,7 @@ class TensorRow:
     kind: str  # "quant" or "raw"
     dtype: str  # stored dtype for raw tensors, state-dict dtype for quantized ones
     bits: int  # 0 for raw
-    encoding: str  # "dense" | "bitmask" | "golomb" | "raw"
+    encoding: str  # "dense" | "bitmask" | "golomb" | "block" | "raw"
     numel: int
     nnz: int
     nbytes: int  # the tensor's data block (scales, index and values)

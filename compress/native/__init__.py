@@ -32,7 +32,9 @@ import threading
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ("psq.h", "psq.c")
+# Every source of the one shared library: the decoder, the int8 kernels, the CTC-LSTM engine.
+SOURCES = ("psq.h", "psq.c", "kernels.h", "kernels.c", "engine.h", "engine.c")
+LIBRARY_SOURCES = ("psq.c", "kernels.c", "engine.c")
 TOOL_SOURCE = "psqdump.c"
 ENV = "COMPRESS_NATIVE"
 # -O3 -march=native: the level checks vectorize, and on x86-64 with AVX2 psq.c's optional
@@ -57,7 +59,7 @@ class PsqFile(ctypes.Structure):
                 ("minor", ctypes.c_uint16), ("n_tensors", ctypes.c_uint32), ("meta_len", ctypes.c_uint32),
                 ("names_len", ctypes.c_uint32), ("meta_crc", ctypes.c_uint32), ("table_crc", ctypes.c_uint32),
                 ("table_off", ctypes.c_uint64), ("names_off", ctypes.c_uint64), ("table_end", ctypes.c_uint64),
-                ("total_numel", ctypes.c_uint64), ("table_ok", ctypes.c_int)]
+                ("total_numel", ctypes.c_uint64), ("table_ok", ctypes.c_int), ("flags", ctypes.c_uint32)]
 
 
 class PsqTensor(ctypes.Structure):
@@ -67,7 +69,7 @@ class PsqTensor(ctypes.Structure):
                 ("encoding", ctypes.c_uint32), ("scale_count", ctypes.c_uint32), ("golomb_m", ctypes.c_uint32),
                 ("unary_bits", ctypes.c_uint32), ("dims", ctypes.c_uint32 * 6), ("numel", ctypes.c_uint64),
                 ("nnz", ctypes.c_uint64), ("data_off", ctypes.c_uint64), ("data_len", ctypes.c_uint64),
-                ("index_len", ctypes.c_uint64), ("data_crc", ctypes.c_uint32)]
+                ("index_len", ctypes.c_uint64), ("data_crc", ctypes.c_uint32), ("block", ctypes.c_uint32)]
 
 
 class PsqRows(ctypes.Structure):
@@ -77,7 +79,8 @@ class PsqRows(ctypes.Structure):
                                                   "vk", "ucur", "ub", "ecur", "gap", "after_pos")]
                 + [(n, ctypes.c_uint32) for n in ("m", "w", "u", "kind", "dtype", "store", "bits", "encoding",
                                                   "scale_count", "npos", "ipos", "bad_index")]
-                + [("bad_level", ctypes.c_uint64), ("pos", ctypes.c_uint32 * 64)])  # PSQ_GOLOMB_BATCH
+                + [("bad_level", ctypes.c_uint64), ("pos", ctypes.c_uint32 * 64)]  # PSQ_GOLOMB_BATCH
+                + [("nb", ctypes.c_uint64), ("block", ctypes.c_uint32), ("scale_size", ctypes.c_uint32)])
 
 
 _P = ctypes.POINTER
@@ -92,6 +95,8 @@ _SIGNATURES = {
     "psq_decode_tensor": (ctypes.c_int, [_P(PsqFile), _P(PsqTensor), ctypes.c_void_p, ctypes.c_size_t, _P(PsqError)]),
     "psq_rows_begin": (ctypes.c_int, [_P(PsqFile), _P(PsqTensor), _P(PsqRows), _P(PsqError)]),
     "psq_rows_next": (ctypes.c_int, [_P(PsqRows), ctypes.c_void_p, ctypes.c_size_t, _P(PsqError)]),
+    "psq_decode_levels": (ctypes.c_int, [_P(PsqFile), _P(PsqTensor), ctypes.c_void_p, ctypes.c_size_t,
+                                         ctypes.c_void_p, ctypes.c_size_t, _P(PsqError)]),
     "psq_validate": (ctypes.c_int, [_P(PsqFile), _P(PsqError)]),
     "psq_crc32": (ctypes.c_uint32, [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]),
     "psq_f32_to_f16": (ctypes.c_uint16, [ctypes.c_uint32]),
@@ -160,18 +165,20 @@ def _cpu_features() -> str:
     return platform.processor()
 
 
-def _compile(cc: list, flags, sources, out_name: str, extra=()) -> str:
+def _compile(cc: list, flags, sources, out_name: str, extra=(), libs=("-lm",)) -> str:
     """Compile into the cache (once per source hash); returns the path. Raises NativeUnavailable."""
     if not cc:
         raise NativeUnavailable("no C compiler found (set CC, or install cc/gcc/clang)")
     names = tuple(SOURCES) + tuple(s for s in sources if s not in SOURCES)
-    path = os.path.join(cache_dir(), out_name.format(key=_digest(cc, tuple(flags) + tuple(extra), names)))
+    path = os.path.join(cache_dir(), out_name.format(key=_digest(cc, tuple(flags) + tuple(extra) + tuple(libs), names)))
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".build-", suffix=os.path.splitext(path)[1])
     os.close(fd)
-    cmd = [*cc, *flags, *extra, "-o", tmp, *(source_path(s) for s in sources)]
+    # libraries after the sources: the engine's expf/erff come from libm, which a program
+    # linking the library (not only Python, which has it loaded already) must find
+    cmd = [*cc, *flags, *extra, "-o", tmp, *(source_path(s) for s in sources), *libs]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -190,9 +197,9 @@ def build() -> str:
     ext = ".dll" if sys.platform == "win32" else ".dylib" if sys.platform == "darwin" else ".so"
     cc = compiler()
     try:
-        return _compile(cc, CFLAGS, ("psq.c",), "libpsq-{key}" + ext, NATIVE_FLAGS)
+        return _compile(cc, CFLAGS, LIBRARY_SOURCES, "libpsq-{key}" + ext, NATIVE_FLAGS)
     except NativeUnavailable:  # a compiler without -march=native: the portable build
-        return _compile(cc, CFLAGS, ("psq.c",), "libpsq-{key}" + ext)
+        return _compile(cc, CFLAGS, LIBRARY_SOURCES, "libpsq-{key}" + ext)
 
 
 def build_tool(sanitize: bool = False, simd: bool = True) -> str:
@@ -309,6 +316,49 @@ class Opened:
         rc = self.lib.psq_decode_tensor(ctypes.byref(self.file), ctypes.byref(t), out.data_ptr() if nbytes else None,
                                         nbytes, ctypes.byref(err))
         _check(rc, err, self.lib)
+
+
+def decode_levels(opened: Opened, t: PsqTensor):
+    """A QUANT tensor's integer levels and scales, as the C decoder's ``psq_decode_levels`` gives them.
+
+    Args:
+        opened: a file validated by the C decoder.
+        t: one of ``opened.tensors``, of kind QUANT.
+
+    Returns:
+        ``(levels, scales)``: an ``np.int8`` array of the tensor's shape and an ``np.float32``
+        array of ``scale_count`` scales (widened exactly when stored in 16 bits). Element ``i``
+        decodes to ``float32(levels.flat[i]) * scales[c]``, ``c`` as in FORMAT.md.
+
+    Raises:
+        ArgumentError: ``t`` is a RAW tensor.
+        FormatError: the tensor's data block fails a check (the reference decoder's field and offset).
+
+    Example:
+        >>> import numpy as np
+        >>> from compress import native
+        >>> from compress.format.encode import encode_quant
+        >>> from compress.format.writer import chunks
+        >>> enc = encode_quant(np.array([0, 2, 2, 0]), (2, 2), 4, np.array([0.25, 0.5], np.float32), dtype=1)
+        >>> buf = bytearray(b"".join(chunks([("w", enc)], b"{}")))
+        >>> opened = native.Opened(native.library(), buf, 1 << 28)
+        >>> levels, scales = native.decode_levels(opened, opened.tensors[0])
+        >>> levels.tolist(), scales.tolist()
+        ([[0, 2], [2, 0]], [0.25, 0.5])
+    """
+    import numpy as np
+
+    if t.kind != 1:  # QUANT: a RAW tensor has no levels
+        from compress.errors import ArgumentError
+
+        raise ArgumentError.must("t", "a QUANT tensor", opened.name(t), f"kind {t.kind}")
+    levels = np.empty(tuple(t.dims[: t.rank]), dtype=np.int8)
+    scales = np.empty(t.scale_count, dtype=np.float32)
+    err = PsqError()
+    rc = opened.lib.psq_decode_levels(ctypes.byref(opened.file), ctypes.byref(t), levels.ctypes.data, levels.size,
+                                      scales.ctypes.data, scales.size, ctypes.byref(err))
+    _check(rc, err, opened.lib)
+    return levels, scales
 
 
 def load_buffer(buf: bytearray, max_numel: int, lib=None) -> dict:

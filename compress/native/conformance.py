@@ -1,8 +1,8 @@
 """The conformance corpus of the C decoder: small PSQ files, and what ``psqdump`` must print.
 
-Every encoding x bits 2 to 8 x per-tensor and per-channel scales, with QUANT tensors of
-each float dtype and RAW tensors of every dtype, then FORMAT.md's edge cases, then seeded
-malformed files. The expected output comes from the reference decoder
+Every encoding (BLOCK included) x bits 2 to 8 x per-tensor and per-channel scales, with
+QUANT tensors of each float dtype and RAW tensors of every dtype; the same with 16-bit
+scales (float16 and bfloat16); then FORMAT.md's edge cases, then seeded malformed files. The expected output comes from the reference decoder
 (``compress.decoder.reference``), the oracle:
 
     FILE tensor I BYTES CRC32     one line per tensor: CRC-32 of its decoded bytes
@@ -57,6 +57,36 @@ def _levels(gen, shape, density: float, bits: int):
     return q.view(shape)
 
 
+def _block_levels(gen, shape, bits: int, block: int, keep: float = 0.4, fill: float | None = None):
+    """Levels whose zeros are whole blocks of ``block`` consecutive elements of a row (the last
+    block of a row narrower when ``block`` does not divide it); a stored block's levels are
+    nonzero with probability ``fill`` (default: 0.7 below 6 bits, where stored zeros are
+    cheap enough for the writer to pick BLOCK, else 1)."""
+    import torch
+
+    rows, cols = shape[0], 1
+    for d in shape[1:]:
+        cols *= d
+    nb = (cols + block - 1) // block
+    fill = (0.7 if bits < 6 else 1.0) if fill is None else fill
+    q = _levels(gen, (rows, nb * block), fill, bits)[:, :cols].clone()
+    stored = torch.rand(rows, nb, generator=gen) < keep
+    stored[0, 0] = stored[-1, -1] = True  # the first and the (narrow) last block
+    q *= stored.repeat_interleave(block, dim=1)[:, :cols].to(torch.int8)
+    first = torch.arange(nb) * block
+    q[:, first] = torch.where(stored & (q[:, first] == 0), torch.ones_like(q[:, first]), q[:, first])  # never empty
+    return q.reshape(shape)
+
+
+def _scales16(gen, count: int, kind: str):
+    """``count`` positive scales exact in float16 (``"f16"``) or only in bfloat16 (``"bf16"``)."""
+    import torch
+
+    if kind == "f16":
+        return (torch.rand(count, generator=gen) * 0.09 + 0.01).to(torch.float16).float()
+    return (torch.rand(count, generator=gen) * 9e-7 + 1e-7).to(torch.bfloat16).float()  # below f16's normals
+
+
 def _raw_tensors(gen) -> dict:
     """One RAW tensor of every dtype, with awkward values (subnormals, signed zeros, extremes)."""
     import torch
@@ -105,6 +135,31 @@ def valid_files() -> list:
                 sd.update(_raw_tensors(gen))
                 data = _pack(sd, b, sc, passthrough_dtype="float16" if bits % 2 else "float32")
                 out.append((f"{enc}-b{bits}-{gran}.psq", data))
+    for bits in BITS:  # BLOCK: block-aligned zeros, a row width that 8 does not divide
+        for gran in ("tensor", "channel"):
+            sd, b, sc = {}, {}, {}
+            for dt in QUANT_DTYPES:
+                q = _block_levels(gen, (6, 44), bits, 8)
+                s = (torch.rand(6 if gran == "channel" else (), generator=gen) * 0.09 + 0.01)
+                name = f"q.{dt}"
+                sd[name] = grid.dequantize(q, s).to(getattr(torch, dt))
+                b[name], sc[name] = bits, s
+            sd.update(_raw_tensors(gen))
+            out.append((f"block-b{bits}-{gran}.psq", _pack(sd, b, sc)))
+    for kind in ("f16", "bf16"):  # 16-bit scales under every encoding
+        for bits in (3, 8):
+            for gran in ("tensor", "channel"):
+                sd, b, sc = {}, {}, {}
+                for enc, density in (*ENCODINGS.items(), ("block", None)):
+                    for dt in ("float32", "bfloat16"):
+                        shape = (6, 40) if enc != "golomb" else (8, 96)
+                        q = _block_levels(gen, shape, bits, 4) if density is None else _levels(gen, shape, density, bits)
+                        s = _scales16(gen, shape[0] if gran == "channel" else 1, kind)
+                        s = s if gran == "channel" else s.reshape(())
+                        name = f"{enc}.{dt}"
+                        sd[name] = grid.dequantize(q, s).to(getattr(torch, dt))
+                        b[name], sc[name] = bits, s
+                out.append((f"scales16-{kind}-b{bits}-{gran}.psq", _pack(sd, b, sc, scales16=True)))
     out += edge_files(gen)
     return out
 
@@ -151,6 +206,14 @@ def edge_files(gen) -> list:
         data = _pack({"w": grid.dequantize(q, sc), "b": torch.ones(2)}, {"w": 8}, {"w": sc})
         out.append((f"edge-{name}.psq", retype(data, 0, dtype)))
     add("long-golomb", {"g": grid.dequantize(_levels(gen, (3, 4000), 0.002, 4), s1)}, {"g": 4}, {"g": s1})
+    add("block-rank3", {"k": grid.dequantize(_block_levels(gen, (5, 4, 9), 6, 16), s1)}, {"k": 6}, {"k": s1})
+    add("block-32", {"k": grid.dequantize(_block_levels(gen, (3, 200), 8, 32, 0.2), s1)}, {"k": 8}, {"k": s1})
+    add("block-one-row", {"k": grid.dequantize(_block_levels(gen, (1, 70), 2, 4, 0.3), s1)}, {"k": 2}, {"k": s1})
+    add("scales16-scalar", {"s": torch.tensor(0.375)}, {"s": 4}, {"s": s1}, scales16=True)
+    add("scales16-extremes", {"h": grid.dequantize(_levels(gen, (2, 16), 1.0, 8), torch.tensor([2.0 ** -24, 504.0]))},
+        {"h": 8}, {"h": torch.tensor([2.0 ** -24, 504.0])}, scales16=True)  # a float16 subnormal scale
+    add("scales16-float32", {"w": grid.dequantize(_levels(gen, (2, 16), 0.5, 4), torch.tensor([0.1, 0.2]))},
+        {"w": 4}, {"w": torch.tensor([0.1, 0.2])}, scales16=True)  # not exact in 16 bits: flags stay 0
     add("many-tensors", {f"t{i}": torch.full((i % 3 + 1,), float(i)) for i in range(40)}, {}, {})
     add("utf8-names", {"ü.weight": torch.ones(2), "名前": torch.zeros(1)}, {}, {})
     add("metadata-extra", {"x": torch.ones(1)}, {}, {}, metadata={"a": [1, {"b": "\u00e9\t\""}], "z": None})
@@ -258,7 +321,8 @@ def corpus() -> list:
     """The whole corpus: valid files, then seeded mutants whose verdict does not rest on the
     metadata's canonical form (that check is the host's, see FORMAT.md)."""
     files = valid_files()
-    picks = [data for name, data in files if name.startswith(("bitmask-b8", "golomb-b4", "dense-b3", "edge-rank6"))]
+    picks = [data for name, data in files if name.startswith(("bitmask-b8", "golomb-b4", "dense-b3", "edge-rank6",
+                                                                "block-b4", "scales16-bf16-b3", "edge-block-32"))]
     extra = []
     for name, data in mutants(picks):
         lines = expected(name, data)

@@ -944,6 +944,17 @@ size_t psq_dtype_size(uint32_t dtype)
     }
 }
 
+/* Scale i of a QUANT block as float32 bits, widened exactly from its storage (`store`:
+ * 0 float32, 2 float16, 3 bfloat16). */
+static uint32_t scale_bits(const uint8_t *scales, uint32_t store, uint64_t i)
+{
+    if (store == PSQ_F16)
+        return psq_f16_to_f32((uint16_t)rd16(scales + 2 * i));
+    if (store == PSQ_BF16)
+        return rd16(scales + 2 * i) << 16;
+    return rd32(scales + 4 * i);
+}
+
 static int is_float(uint32_t dtype) { return dtype >= PSQ_F32 && dtype <= PSQ_F64; }
 
 /* ---- header ---- */
@@ -965,8 +976,9 @@ int psq_read_header(const uint8_t *buf, size_t len, psq_file *f, psq_error *err)
     f->minor = (uint16_t)rd16(buf + 10);
     if (f->major != 1)
         return fail(err, PSQ_E_VERSION, "major", 8, f->major);
-    if (rd32(buf + 12) != 0)
-        return fail(err, PSQ_E_FLAGS, "flags", 12, (int64_t)rd32(buf + 12));
+    f->flags = rd32(buf + 12);
+    if (f->flags & ~(uint32_t)PSQ_KNOWN_FLAGS)
+        return fail(err, PSQ_E_FLAGS, "flags", 12, (int64_t)(f->flags & ~(uint32_t)PSQ_KNOWN_FLAGS));
     f->n_tensors = rd32(buf + 16);
     f->meta_len = rd32(buf + 20);
     file_len = rd64(buf + 24);
@@ -1106,14 +1118,27 @@ static void parse_record(const uint8_t *buf, uint64_t at, uint32_t i, uint64_t n
     t->data_len = rd64(p + 64);
     t->index_len = rd64(p + 72);
     t->data_crc = rd32(p + 80);
+    t->block = rd32(p + 84);
     t->numel = 0;
+}
+
+/* Bytes per stored scale of a QUANT record: 4 (float32) or 2 (float16, bfloat16). */
+static uint64_t scale_size(uint32_t store) { return store == 0 ? 4u : 2u; }
+
+/* BLOCK geometry: rows = dims[0] (1 for rank 0), cols = numel / rows, nb blocks per row. */
+static void block_grid(const psq_tensor *t, uint64_t *rows, uint64_t *cols, uint64_t *nb)
+{
+    *rows = t->rank ? t->dims[0] : 1u;
+    *cols = *rows ? t->numel / *rows : 0;
+    *nb = t->block ? (*cols + t->block - 1) / t->block : 0;
 }
 
 static uint64_t values_len(uint64_t count, uint32_t bits) { return (count * bits + 7u) / 8u; }
 
-static int check_quant_fields(const psq_tensor *t, psq_error *err)
+static int check_quant_fields(const psq_tensor *t, uint32_t flags, psq_error *err)
 {
     uint64_t at = t->record_off, numel = t->numel, nnz = t->nnz, ilen = t->index_len, count, vlen, fixed;
+    uint64_t sbytes = scale_size(t->store) * (uint64_t)t->scale_count;
     uint32_t m = t->golomb_m, ub = t->unary_bits;
     int bad;
     if (t->bits < 2 || t->bits > 8)
@@ -1122,6 +1147,25 @@ static int check_quant_fields(const psq_tensor *t, psq_error *err)
         return fail(err, PSQ_E_FIELD, "scale_count", at + 12, t->scale_count);
     if (nnz > numel)
         return fail(err, PSQ_E_FIELD, "nnz", at + 48, (int64_t)nnz);
+    if (t->encoding > PSQ_BLOCK || (t->encoding == PSQ_BLOCK && !(flags & PSQ_FLAG_BLOCK)))
+        return fail(err, PSQ_E_FIELD, "encoding", at + 11, t->encoding);
+    if (t->encoding == PSQ_BLOCK) {
+        uint64_t rows = t->rank ? t->dims[0] : 1u, cols = numel / rows; /* numel >= 1: rows >= 1 */
+        if (t->block < 2 || t->block > PSQ_MAX_BLOCK || t->block > cols)
+            return fail(err, PSQ_E_FIELD, "block", at + 84, t->block);
+    } else if (t->block != 0) {
+        return fail(err, PSQ_E_FIELD, "block", at + 84, t->block);
+    }
+    if (t->encoding == PSQ_BLOCK) {
+        uint64_t rows, cols, nb;
+        block_grid(t, &rows, &cols, &nb);
+        if (m || ub || ilen != (rows * nb + 7) / 8)
+            return fail(err, PSQ_E_SIZE, "index_len", at + 72, (int64_t)ilen);
+        /* the values' exact length follows from the index (check_block_index) */
+        if (t->data_len < sbytes + ilen || t->data_len - sbytes - ilen > values_len(numel, t->bits))
+            return fail(err, PSQ_E_SIZE, "data_len", at + 64, (int64_t)t->data_len);
+        return PSQ_OK;
+    }
     if (t->encoding == PSQ_DENSE) {
         bad = m || ub || ilen;
         count = numel;
@@ -1135,19 +1179,17 @@ static int check_quant_fields(const psq_tensor *t, psq_error *err)
         need = (uint64_t)ub + nnz * w; /* < 2^32 + 2^28 * 31 */
         bad = m < 1 || m > (numel > 1 ? numel : 1) || ub < nnz || (need + 7) / 8 > ilen;
         count = nnz;
-    } else {
-        return fail(err, PSQ_E_FIELD, "encoding", at + 11, t->encoding);
     }
     if (bad)
         return fail(err, PSQ_E_SIZE, "index_len", at + 72, (int64_t)ilen);
     vlen = values_len(count, t->bits);
-    fixed = 4u * (uint64_t)t->scale_count + vlen;
+    fixed = sbytes + vlen;
     if (ilen > t->data_len || t->data_len - ilen != fixed)
         return fail(err, PSQ_E_SIZE, "data_len", at + 64, (int64_t)t->data_len);
     return PSQ_OK;
 }
 
-static int check_record(const uint8_t *buf, psq_tensor *t, uint64_t expect_off, uint64_t file_len, psq_error *err)
+static int check_record(psq_tensor *t, uint64_t expect_off, uint64_t file_len, uint32_t flags, psq_error *err)
 {
     uint64_t at = t->record_off, numel = 1;
     unsigned d;
@@ -1164,19 +1206,22 @@ static int check_record(const uint8_t *buf, psq_tensor *t, uint64_t expect_off, 
     t->numel = numel;
     if (t->data_off != expect_off || expect_off > file_len || t->data_len > file_len - expect_off)
         return fail(err, PSQ_E_SIZE, "data_off", at + 56, (int64_t)t->data_off);
-    if (psq_dtype_size(t->dtype) == 0 || rd32(buf + at + 84) != 0)
+    if (psq_dtype_size(t->dtype) == 0)
         return fail(err, PSQ_E_FIELD, "dtype", at + 8, t->dtype);
     if (t->kind == PSQ_RAW) {
         int ok = t->store == t->dtype || (t->store == PSQ_F16 && t->dtype == PSQ_F32);
-        if (!ok || t->bits || t->encoding || t->scale_count || t->golomb_m || t->unary_bits || t->nnz || t->index_len)
+        if (!ok || t->bits || t->encoding || t->scale_count || t->golomb_m || t->unary_bits || t->nnz || t->index_len
+            || t->block)
             return fail(err, PSQ_E_FIELD, "store", at + 9, t->store);
         if (t->data_len != numel * psq_dtype_size(t->store))
             return fail(err, PSQ_E_SIZE, "data_len", at + 64, (int64_t)t->data_len);
         return PSQ_OK;
     }
-    if (t->kind != PSQ_QUANT || t->store != 0 || !is_float(t->dtype) || numel == 0)
+    if (t->kind != PSQ_QUANT || !is_float(t->dtype) || numel == 0)
         return fail(err, PSQ_E_FIELD, "kind", at + 7, t->kind);
-    return check_quant_fields(t, err);
+    if (!(t->store == 0 || ((t->store == PSQ_F16 || t->store == PSQ_BF16) && (flags & PSQ_FLAG_SCALES16))))
+        return fail(err, PSQ_E_FIELD, "store", at + 9, t->store);
+    return check_quant_fields(t, flags, err);
 }
 
 /* The name pool entry of record i (valid once the record's name check passed). */
@@ -1261,7 +1306,7 @@ int psq_read_table(psq_file *f, uint64_t max_numel, uint32_t *work, size_t work_
 {
     const uint8_t *buf = f->buf;
     uint64_t file_len = f->len, expect, name_off = 0, total = 0;
-    uint32_t i, n = f->n_tensors, named = n, dup;
+    uint32_t i, n = f->n_tensors, named = n, dup, used = 0;
     psq_error first;
     int rc = PSQ_OK;
     f->table_ok = 0;
@@ -1289,7 +1334,11 @@ int psq_read_table(psq_file *f, uint64_t max_numel, uint32_t *work, size_t work_
             break;
         }
         name_off += t.name_len;
-        rc = check_record(buf, &t, expect, file_len, &first);
+        rc = check_record(&t, expect, file_len, f->flags, &first);
+        if (!rc && t.kind == PSQ_QUANT && t.encoding == PSQ_BLOCK)
+            used |= PSQ_FLAG_BLOCK;
+        if (!rc && t.kind == PSQ_QUANT && t.store != 0)
+            used |= PSQ_FLAG_SCALES16;
         if (!rc) {
             total += t.numel; /* <= 2^32 * 2^28 */
             if (total > max_numel)
@@ -1320,6 +1369,8 @@ int psq_read_table(psq_file *f, uint64_t max_numel, uint32_t *work, size_t work_
     }
     if (name_off != f->names_len || expect != file_len)
         return fail(err, PSQ_E_SIZE, "file_len", 24, (int64_t)expect);
+    if (used != f->flags) /* a set bit that no record uses (records use only set bits) */
+        return fail(err, PSQ_E_FLAGS, "flags", 12, (int64_t)(f->flags & ~used));
     f->total_numel = total;
     f->table_ok = 1;
     return PSQ_OK;
@@ -1609,6 +1660,58 @@ static int check_golomb(const uint8_t *buf, const psq_tensor *t, uint64_t at, ps
     return check_pad_bits(buf, at, c.ecur, t->index_len, "index", err);
 }
 
+/* BLOCK, in the reference's order: the set bits against the values' length, the index's pad
+ * bits, the levels (range, pad bits), a nonzero level in every stored block, then nnz. */
+static int check_block(const uint8_t *buf, const psq_tensor *t, uint64_t idx_at, uint64_t val_at, psq_error *err)
+{
+    const uint8_t *s = buf + idx_at, *v = buf + val_at;
+    uint64_t rows, cols, nb, nbits, k, full, set = 0, set_last = 0, count, last, vlen, vk = 0, nz;
+    uint32_t b = t->block;
+    int rc;
+    block_grid(t, &rows, &cols, &nb);
+    nbits = rows * nb;
+    vlen = t->data_off + t->data_len - val_at;
+    last = cols - (nb - 1) * b;
+    full = nbits / 8;
+    for (k = 0; k + 8 <= full; k += 8)
+        set += popcount64(rd64(s + k));
+    for (; k < full; k++)
+        set += popcount64(s[k]);
+    if (nbits & 7u)
+        set += popcount64(s[full] & ((1u << (nbits & 7u)) - 1u));
+    if (last != b) /* the stored last blocks are narrower */
+        for (k = nb - 1; k < nbits; k += nb)
+            set_last += (s[k >> 3] >> (k & 7u)) & 1u;
+    count = set * b - set_last * (b - last); /* <= numel <= 2^28 */
+    if (values_len(count, t->bits) != vlen)
+        return fail(err, PSQ_E_INDEX, "index", idx_at, (int64_t)set);
+    rc = check_pad_bits(buf, idx_at, nbits, t->index_len, "index", err);
+    if (!rc)
+        rc = check_levels(buf, val_at, count, t->bits, 0, &nz, err);
+    if (rc)
+        return rc;
+    for (k = 0; k < nbits; k++) {
+        uint64_t w, j;
+        int32_t any = 0;
+        if (!((s[k >> 3] >> (k & 7u)) & 1u))
+            continue;
+        w = (k % nb == nb - 1) ? last : b;
+        if (t->bits == 8) {
+            for (j = 0; j < w; j++)
+                any |= (int32_t)v[vk + j];
+        } else {
+            for (j = 0; j < w && !any; j++)
+                any = level_at(v, vlen, vk + j, t->bits);
+        }
+        if (!any)
+            return fail(err, PSQ_E_VALUE, "values", val_at + (vk * t->bits >> 3), 0);
+        vk += w;
+    }
+    if (nz != t->nnz)
+        return fail(err, PSQ_E_COUNT, "nnz", t->record_off + 48, (int64_t)nz);
+    return PSQ_OK;
+}
+
 /* The CRC, then a RAW tensor's values or a QUANT tensor's scales. */
 static int check_head(const psq_file *f, const psq_tensor *t, psq_error *err)
 {
@@ -1620,10 +1723,10 @@ static int check_head(const psq_file *f, const psq_tensor *t, psq_error *err)
     if (t->kind == PSQ_RAW)
         return check_raw(buf, t, err);
     qmax = (1u << (t->bits - 1)) - 1u;
-    for (i = 0; i < t->scale_count; i++) {
-        double p = (double)bits_f32(rd32(buf + at + 4 * i)) * (double)qmax;
+    for (i = 0; i < t->scale_count; i++) { /* a 16-bit scale is widened exactly first */
+        double p = (double)bits_f32(scale_bits(buf + at, t->store, i)) * (double)qmax;
         if (!(p > 0.0 && p <= FLT_MAX_D)) /* also false for NaN */
-            return fail(err, PSQ_E_SCALE, "scales", at + 4 * i, 0);
+            return fail(err, PSQ_E_SCALE, "scales", at + scale_size(t->store) * i, 0);
     }
     return PSQ_OK;
 }
@@ -1635,8 +1738,10 @@ static int check_tensor(const psq_file *f, const psq_tensor *t, psq_error *err)
     int rc = check_head(f, t, err);
     if (rc || t->kind == PSQ_RAW)
         return rc;
-    idx_at = at + 4u * (uint64_t)t->scale_count;
+    idx_at = at + scale_size(t->store) * (uint64_t)t->scale_count;
     val_at = idx_at + t->index_len;
+    if (t->encoding == PSQ_BLOCK)
+        return check_block(buf, t, idx_at, val_at, err);
     if (t->encoding == PSQ_DENSE) {
         rc = check_levels(buf, val_at, t->numel, t->bits, 0, &nz, err);
         if (rc)
@@ -1715,14 +1820,20 @@ static void rows_init(const psq_file *f, const psq_tensor *t, psq_rows *s)
     s->scale_count = t->scale_count;
     s->data_off = t->data_off;
     s->scales_off = t->data_off;
-    s->index_off = t->data_off + 4u * (uint64_t)t->scale_count;
+    s->scale_size = (uint32_t)scale_size(t->kind == PSQ_QUANT ? t->store : 0u);
+    s->index_off = t->data_off + s->scale_size * (uint64_t)t->scale_count;
     s->index_len = t->index_len;
     s->values_off = s->index_off + t->index_len;
-    s->values_len = t->data_len - 4u * (uint64_t)t->scale_count - t->index_len;
+    s->values_len = t->data_len - s->scale_size * (uint64_t)t->scale_count - t->index_len;
     s->numel = t->numel;
     s->nnz = t->nnz;
     s->rows = rows_of(t);
     s->row_elems = s->rows ? t->numel / s->rows : 0;
+    if (t->kind == PSQ_QUANT && t->encoding == PSQ_BLOCK) {
+        uint64_t rows, cols;
+        block_grid(t, &rows, &cols, &s->nb);
+        s->block = t->block;
+    }
     if (t->kind == PSQ_QUANT && t->encoding == PSQ_GOLOMB) {
         golomb_width(t->golomb_m, &s->w, &s->u);
         s->m = t->golomb_m;
@@ -1856,10 +1967,50 @@ static void golomb_f32(psq_rows *s, float *dst, uint64_t n, float scale)
     s->vk = vk;
 }
 
+/* BLOCK: one block segment at a time; s->vk is the next stored level. Every index read is
+ * bounded by index_len and every level read by values_len, even on a tampered state. */
+static void block_f32(psq_rows *s, float *dst, uint64_t n, float scale)
+{
+    const uint8_t *idx = s->buf + s->index_off, *v = s->buf + s->values_off;
+    uint64_t i = s->elem, end = i + n, k = s->vk, cols = s->row_elems, b = s->block, nb = s->nb;
+    uint64_t vlen = s->values_len;
+    uint32_t bits = s->bits;
+    if (b == 0 || cols == 0) {
+        uint64_t j;
+        for (j = 0; j < n; j++)
+            dst[j] = 0.0f;
+        return;
+    }
+    while (i < end) {
+        uint64_t row = i / cols, c = i - row * cols, jb = c / b, bit = row * nb + jb;
+        uint64_t stop = (jb + 1) * b < cols ? (jb + 1) * b : cols, seg = stop - c, j;
+        int stored = (bit >> 3) < s->index_len && ((idx[bit >> 3] >> (bit & 7u)) & 1u);
+        if (seg > end - i)
+            seg = end - i;
+        if (!stored) {
+            for (j = 0; j < seg; j++)
+                dst[j] = 0.0f;
+        } else if (bits == 8 && k + seg <= vlen) {
+            for (j = 0; j < seg; j++)
+                dst[j] = (float)lvl8(v[k + j]) * scale;
+            k += seg;
+        } else {
+            for (j = 0; j < seg; j++)
+                dst[j] = (float)level_at(v, vlen, k + j, bits) * scale;
+            k += seg;
+        }
+        dst += seg;
+        i += seg;
+    }
+    s->vk = k;
+}
+
 /* Elements [s->elem, s->elem + n) as float32, into dst[0, n). */
 static void decode_f32(psq_rows *s, float *dst, uint64_t n, float scale)
 {
-    if (s->encoding == PSQ_DENSE)
+    if (s->encoding == PSQ_BLOCK)
+        block_f32(s, dst, n, scale);
+    else if (s->encoding == PSQ_DENSE)
         dense_f32(s, dst, n, scale);
     else if (s->encoding == PSQ_BITMASK)
         bitmask_f32(s, dst, n, scale);
@@ -1938,7 +2089,7 @@ static void raw_span(psq_rows *s, unsigned char *out, uint64_t n)
 
 static float scale_of(const psq_rows *s, uint64_t row)
 {
-    return bits_f32(rd32(s->buf + s->scales_off + 4u * (s->scale_count > 1 ? row : 0u)));
+    return bits_f32(scale_bits(s->buf + s->scales_off, s->store, s->scale_count > 1 ? row : 0u));
 }
 
 int psq_decode_tensor(const psq_file *f, const psq_tensor *t, void *out, size_t out_size, psq_error *err)
@@ -2007,5 +2158,45 @@ int psq_rows_next(psq_rows *s, void *out, size_t out_size, psq_error *err)
     else
         quant_span(s, (unsigned char *)out, s->row_elems, scale_of(s, s->row));
     s->row++;
+    return PSQ_OK;
+}
+
+/* Levels [s->elem, s->elem + n) as int8: decoded with scale 1 (float32(q) * 1 is q exactly). */
+static void levels_span(psq_rows *s, int8_t *dst, uint64_t n)
+{
+    float tmp[PSQ_CHUNK];
+    uint64_t j;
+    while (n) {
+        uint64_t c = n < PSQ_CHUNK ? n : PSQ_CHUNK;
+        decode_f32(s, tmp, c, 1.0f);
+        for (j = 0; j < c; j++)
+            dst[j] = (int8_t)tmp[j]; /* |q| <= 127 after the checks; decoding never exceeds 128 */
+        dst += c;
+        n -= c;
+    }
+}
+
+int psq_decode_levels(const psq_file *f, const psq_tensor *t, int8_t *levels, size_t levels_count, float *scales,
+                      size_t scales_count, psq_error *err)
+{
+    psq_tensor local;
+    psq_rows s;
+    uint64_t i;
+    int rc = own_record(f, t, &local, err);
+    if (rc)
+        return rc;
+    if (local.kind != PSQ_QUANT)
+        return fail(err, PSQ_E_ARGUMENT, "kind", local.record_off + 7, local.kind);
+    if (levels_count < local.numel || levels == NULL)
+        return fail(err, PSQ_E_ARGUMENT, "levels", 0, (int64_t)local.numel);
+    if (scales_count < local.scale_count || scales == NULL)
+        return fail(err, PSQ_E_ARGUMENT, "scales", 0, (int64_t)local.scale_count);
+    rc = check_tensor(f, &local, err);
+    if (rc)
+        return rc;
+    rows_init(f, &local, &s);
+    for (i = 0; i < local.scale_count; i++)
+        scales[i] = bits_f32(scale_bits(f->buf + s.scales_off, s.store, i));
+    levels_span(&s, levels, local.numel);
     return PSQ_OK;
 }

@@ -22,7 +22,9 @@
  * Outputs are native-endian values of the tensor's dtype: float32, float16 and bfloat16
  * (IEEE binary16 / the high half of a binary32, as uint16 bit patterns), float64, int64,
  * int32, int16, int8, uint8, bool (one byte 0 or 1). A QUANT value is float32(q) *
- * float32(scale), rounded to nearest-even into float16 / bfloat16 by this code itself.
+ * float32(scale), rounded to nearest-even into float16 / bfloat16 by this code itself; a
+ * scale stored in 16 bits (flag PSQ_FLAG_SCALES16) is widened exactly to float32 first.
+ * psq_decode_levels gives a QUANT tensor's int8 levels and float32 scales instead.
  */
 #ifndef PSQ_H
 #define PSQ_H
@@ -48,7 +50,15 @@ extern "C" {
 
 /* kind, encoding and dtype codes (FORMAT.md, "Tensor record") */
 enum { PSQ_RAW = 0, PSQ_QUANT = 1 };
-enum { PSQ_DENSE = 0, PSQ_BITMASK = 1, PSQ_GOLOMB = 2 };
+enum { PSQ_DENSE = 0, PSQ_BITMASK = 1, PSQ_GOLOMB = 2, PSQ_BLOCK = 3 };
+
+/* header flags: required features (FORMAT.md, "Header"); a file sets a bit iff a record uses it */
+#define PSQ_FLAG_BLOCK 0x1u     /* some QUANT record has encoding PSQ_BLOCK */
+#define PSQ_FLAG_SCALES16 0x2u  /* some QUANT record stores its scales in 16 bits (store 2 or 3) */
+#ifndef PSQ_KNOWN_FLAGS
+#define PSQ_KNOWN_FLAGS (PSQ_FLAG_BLOCK | PSQ_FLAG_SCALES16) /* any other set bit is refused */
+#endif
+#define PSQ_MAX_BLOCK 256u /* the largest BLOCK width */
 enum {
     PSQ_F32 = 1, PSQ_F16 = 2, PSQ_BF16 = 3, PSQ_F64 = 4, PSQ_I64 = 5,
     PSQ_I32 = 6, PSQ_I16 = 7, PSQ_I8 = 8, PSQ_U8 = 9, PSQ_BOOL = 10
@@ -95,6 +105,7 @@ typedef struct {
     uint64_t table_end;  /* end of the name pool */
     uint64_t total_numel;
     int table_ok;        /* 1 once psq_read_table has succeeded */
+    uint32_t flags;      /* the header's required features (PSQ_FLAG_*) */
 } psq_file;
 
 /* One tensor's record (filled by psq_tensor_info). */
@@ -108,9 +119,10 @@ typedef struct {
     uint32_t dims[PSQ_MAX_RANK];
     uint64_t numel, nnz, data_off, data_len, index_len;
     uint32_t data_crc;
+    uint32_t block;           /* BLOCK: the block width b; otherwise 0 */
 } psq_tensor;
 
-/* Streaming state (caller-owned, 464 bytes on a 64-bit target; no other scratch). */
+/* Streaming state (caller-owned, 480 bytes on a 64-bit target; no other scratch). */
 typedef struct {
     const uint8_t *buf;
     uint64_t data_off, scales_off, index_off, values_off, index_len, values_len;
@@ -125,6 +137,9 @@ typedef struct {
     uint32_t bad_index;      /* Golomb: 1 once the index was found malformed (decoding stopped) */
     uint64_t bad_level;      /* Golomb: the first stored level found invalid, or UINT64_MAX */
     uint32_t pos[PSQ_GOLOMB_BATCH];
+    uint64_t nb;             /* BLOCK: blocks per row */
+    uint32_t block;          /* BLOCK: the block width */
+    uint32_t scale_size;     /* bytes per stored scale: 4, or 2 for 16-bit scales */
 } psq_rows;
 
 /* CRC-32 (zlib's): crc = psq_crc32(0, p, n); chains as zlib's crc32() does. */
@@ -168,6 +183,13 @@ int psq_decode_tensor(const psq_file *f, const psq_tensor *t, void *out, size_t 
 int psq_rows_begin(const psq_file *f, const psq_tensor *t, psq_rows *s, psq_error *err);
 /* Decode row s->row into out (out_size >= psq_row_size(t)) and advance. */
 int psq_rows_next(psq_rows *s, void *out, size_t out_size, psq_error *err);
+
+/* QUANT tensors: psq_check_tensor, then the numel int8 levels (row-major, zeros filled in)
+ * and the scale_count float32 scales (widened exactly when stored in 16 bits). Element i is
+ * float32(levels[i]) * scales[c] with c as in FORMAT.md (i / (numel / dims[0]) when
+ * scale_count > 1, else 0). PSQ_E_ARGUMENT for a RAW tensor or buffers that are too small. */
+int psq_decode_levels(const psq_file *f, const psq_tensor *t, int8_t *levels, size_t levels_count,
+                      float *scales, size_t scales_count, psq_error *err);
 
 /* Checks all the data blocks in table order (psq_check_tensor on each). */
 int psq_validate(const psq_file *f, psq_error *err);

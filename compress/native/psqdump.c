@@ -67,6 +67,28 @@ static double now(void)
 #endif
 }
 
+/* psq_decode_levels against the whole-tensor output of a float32 QUANT tensor: 1 if some
+ * float32(level) * scale is not the decoded value bit for bit (or memory ran out). */
+static int levels_differ(const psq_file *f, const psq_tensor *t, const unsigned char *out, psq_error *e, int *rc)
+{
+    int8_t *levels = (int8_t *)malloc((size_t)t->numel);
+    float *scales = (float *)malloc((size_t)t->scale_count * sizeof *scales);
+    uint64_t i, per = t->scale_count > 1 ? t->numel / t->scale_count : t->numel;
+    int differ = 0;
+    if (!levels || !scales) {
+        differ = 1;
+    } else {
+        *rc = psq_decode_levels(f, t, levels, (size_t)t->numel, scales, t->scale_count, e);
+        for (i = 0; !*rc && i < t->numel && !differ; i++) {
+            float v = (float)levels[i] * scales[i / per];
+            differ = memcmp(&v, out + 4 * i, 4) != 0;
+        }
+    }
+    free(levels);
+    free(scales);
+    return differ;
+}
+
 static int dump(const char *path, uint64_t max_numel)
 {
     size_t len = 0;
@@ -122,6 +144,10 @@ static int dump(const char *path, uint64_t max_numel)
                 break;
             }
             rc = psq_decode_tensor(&f, &t, out, size, &e);
+            if (!rc && t.kind == PSQ_QUANT && t.dtype == PSQ_F32 && levels_differ(&f, &t, out, &e, &rc)) {
+                fprintf(stderr, "psqdump: %s tensor %u: levels * scales differ from the decoded tensor\n", path, i);
+                status = 3;
+            }
             if (!rc) {
                 crc_whole = psq_crc32(0, out, size);
                 memset(out, 0xA5, size ? size : 1);
