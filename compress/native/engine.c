@@ -529,15 +529,24 @@ static void choose(const psq_engine_config *cfg, const int8_t *q, uint32_t rows,
         *storage = cfg->storage;
         return;
     }
-    for (i = 0; i < n; i++) {
-        uint32_t b = cfg->block ? cfg->block : WIDTHS[i];
-        uint64_t stored = psq_bsr_count(q, rows, cols, b) * b;
-        if (ceil_div(cols, b) > 65536u)
-            continue;
-        if ((double)stored <= PSQ_ENGINE_BSR_MAX_COVER * (double)numel &&
-            (double)(stored - nnz) <= PSQ_ENGINE_BSR_MAX_WASTE * (double)stored) {
+    {
+        uint64_t best = 0;
+        /* of the widths that qualify, the one storing the fewest levels (the kernel's work);
+         * ties go to the wider one (fewer blocks), which comes first in WIDTHS */
+        for (i = 0; i < n; i++) {
+            uint32_t b = cfg->block ? cfg->block : WIDTHS[i];
+            uint64_t stored;
+            if (ceil_div(cols, b) > 65536u)
+                continue;
+            stored = psq_bsr_count(q, rows, cols, b) * b;
+            if ((double)stored <= PSQ_ENGINE_BSR_MAX_COVER * (double)numel &&
+                (double)(stored - nnz) <= PSQ_ENGINE_BSR_MAX_WASTE * (double)stored && (!*block || stored < best)) {
+                *block = b;
+                best = stored;
+            }
+        }
+        if (*block) {
             *storage = PSQ_ENGINE_BSR;
-            *block = b;
             return;
         }
     }

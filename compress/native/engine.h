@@ -26,9 +26,10 @@
  * (engine.c: within 2 ulp of libm's, in loops a compiler vectorizes); GELU uses libm's erff.
  *
  * Storage per matrix (psq_engine_config.storage = PSQ_ENGINE_AUTO), with d = nnz / numel:
- *   1. block-sparse 1 x b for the widest b in {16, 8, 4} whose stored blocks cover at most
- *      PSQ_ENGINE_BSR_MAX_COVER of the matrix and hold at most PSQ_ENGINE_BSR_MAX_WASTE of
- *      zero levels (the zeros come in whole blocks: the kernel skips them at no index cost);
+ *   1. block-sparse 1 x b, for the b in {16, 8, 4} storing the fewest levels (ties: the
+ *      wider) among those whose stored blocks cover at most PSQ_ENGINE_BSR_MAX_COVER of the
+ *      matrix and hold at most PSQ_ENGINE_BSR_MAX_WASTE of zero levels (the zeros come in
+ *      whole blocks: the kernel skips them at no index cost);
  *   2. else dense when d >= PSQ_ENGINE_DENSE_MIN (a quarter: CSR pays an index load and a
  *      gather per nonzero, and with kernels.c that costs about what dense spends on four
  *      levels, so below a quarter CSR is the faster);
