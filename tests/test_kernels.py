@@ -1,9 +1,9 @@
 """The int8 matrix kernels (compress/native/kernels.c) against their oracles.
 
-* a numpy emulation of the summation order of kernels.h (float32 products and sums, each
-  rounded): the reference kernels equal it bit for bit, including on inputs where a fused
-  multiply-add would differ, so the optimized build contracts nothing;
-* the dispatching kernels (AVX2 where the CPU has it) equal the reference bit for bit, for
+* a numpy emulation of the summation order of kernels.h (one fused multiply-add per stored
+  element, rounded once: emulated exactly in float64 with round-to-odd), bit for bit, including
+  on inputs where separate roundings, or a float64 sum rounded twice, would differ;
+* the dispatching kernels (AVX2 + FMA where the CPU has both) equal the reference bit for bit, for
   dense, CSR and BSR, on random and edge shapes; a batched call equals n one-frame calls;
 * numpy float64 ``(q * scale[:, None]) @ x`` within a rounding bound derived from the sizes;
 * the CSR / BSR structures against numpy (``np.flatnonzero``, block ``any()``);
@@ -64,10 +64,27 @@ def stored(q: np.ndarray, storage: str, block: int = 1) -> list:
     return out
 
 
-def emulate(q, scale, x, order, fma: bool = False) -> np.ndarray:
-    """kernels.h's order in numpy float32: lane i mod 8 += float(q) * x, then the reduction.
+def fmaf(a, b, c) -> np.ndarray:
+    """C99 fmaf(a, b, c) for an int8 level a and float32 b, c (arrays): a * b + c exactly, rounded
+    once to float32. The product is exact in float64 (7 + 24 bits); the float64 sum is made
+    round-to-odd (TwoSum's error says which way the exact sum lies), so that rounding it to
+    float32 is the single correct rounding (a plain float64 sum would round twice)."""
+    p = np.float64(a) * np.asarray(b, np.float64)
+    c = np.asarray(c, np.float64)
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)  # exact: p + c == s + err
+    with np.errstate(invalid="ignore", over="ignore"):
+        even = (s.view(np.uint64) & np.uint64(1)) == 0
+        step = np.isfinite(s) & (err != 0) & even
+        s = np.where(step, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+        return s.astype(np.float32)
 
-    ``fma`` rounds each product and sum once instead (what a contracted build would do).
+
+def emulate(q, scale, x, order, fma: bool = True) -> np.ndarray:
+    """kernels.h's order in numpy: lane i mod 8 = fmaf(float(q), x, lane), then the reduction.
+
+    ``fma=False`` rounds each product and sum separately instead (the order before FMA).
     """
     x = np.atleast_2d(x)  # (n, cols)
     n, rows = x.shape[0], q.shape[0]
@@ -76,7 +93,7 @@ def emulate(q, scale, x, order, fma: bool = False) -> np.ndarray:
         acc = np.zeros((n, 8), dtype=np.float32)  # (n, 8)
         for i, k in enumerate(ks):
             if fma:
-                acc[:, i % 8] = (np.float64(q[r, k]) * x[:, k].astype(np.float64) + acc[:, i % 8]).astype(np.float32)
+                acc[:, i % 8] = fmaf(q[r, k], x[:, k], acc[:, i % 8])
             else:
                 acc[:, i % 8] = acc[:, i % 8] + np.float32(q[r, k]) * x[:, k]
         s = ((acc[:, 0] + acc[:, 4]) + (acc[:, 1] + acc[:, 5])) + ((acc[:, 2] + acc[:, 6]) + (acc[:, 3] + acc[:, 7]))
@@ -132,22 +149,57 @@ def test_reference_is_the_order_of_kernels_h(lib, storage, block):
 
 
 @pytest.mark.parametrize("storage", STORAGES)
-def test_no_fused_multiply_add(lib, storage):
-    """Products and sums rounded separately: on this input a contracted build differs."""
-    # lane 0 holds 3, then adds -3 * (1 + 2**-23): the exact product needs 25 bits. Every
-    # level is nonzero (x is 0 elsewhere), so all three storages store every element.
+def test_fused_multiply_add(lib, storage):
+    """One rounding per multiply-add: on these inputs separate roundings differ, and so does a
+    float64 sum rounded to float32 (two roundings), while the kernels give the exact fmaf."""
+    # Frame 0: lane 0 holds 3, then adds -3 * (1 + 2**-23): the exact product needs 25 bits
+    # (fused: -3 * 2**-23 exactly; separate roundings lose it). Frame 1: lane 0 holds 1, then
+    # adds 65 * 16519105 * 2**-54 = 2**-24 + 2**-54, just above half an ulp of 1: fused rounds
+    # to 1 + 2**-23, while the float64 sum rounds to 1 + 2**-24 first, then ties to even, 1.
+    # Every level is nonzero (x is 0 elsewhere), so all three storages store every element.
     cols = 17
     q = np.ones((2, cols), dtype=np.int8)
     q[:, 0], q[:, 8] = 3, -3
-    x = np.zeros((1, cols), dtype=np.float32)
+    q[1, 0], q[1, 8] = 1, 65
+    x = np.zeros((2, cols), dtype=np.float32)
     x[0, 0], x[0, 8], x[0, 3] = 1, np.float32(1 + 2.0**-23), np.float32(2.0**-30)
+    x[1, 0], x[1, 8] = 1, np.float32(16519105 * 2.0**-54)
     scale = np.ones(2, dtype=np.float32)
     order = stored(q, storage, 8)
-    plain, fused = emulate(q, scale, x, order), emulate(q, scale, x, order, fma=True)
-    assert not same_bits(plain, fused)  # the input tells the two apart
+    plain, fused = emulate(q, scale, x, order, fma=False), emulate(q, scale, x, order)
+    assert not same_bits(plain[0], fused[0])  # the input tells the two apart
+    assert fused[1, 1] == np.float32(1 + 2.0**-23)  # the exact fmaf, not the float64 sum rounded twice
+    assert np.float32(np.float64(65) * np.float64(x[1, 8]) + 1.0) == np.float32(1)
+    assert same_bits(fused[0, 0], np.float32(-3 * 2.0**-23 + 2.0**-30))
     w = build(storage, q, scale, 8)
-    assert same_bits(w.matmul(x, ref=True), plain)
-    assert same_bits(w.matmul(x), plain)
+    assert same_bits(w.matmul(x, ref=True), fused)
+    assert same_bits(w.matmul(x), fused)
+    for f in range(2):
+        assert same_bits(w.matmul(x[f]), fused[f])
+
+
+def test_fmaf_emulation_is_exact():
+    """The numpy fmaf against exact rational arithmetic, on random operands of mixed magnitudes
+    and on ties, double-rounding traps and subnormal results."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(9)
+    a = rng.integers(-127, 128, size=3000)
+    b = random_x(rng, 1, 3000)[0]
+    c = random_x(rng, 1, 3000)[0]
+    c[:1000] = (-np.float64(a[:1000]) * b[:1000]).astype(np.float32)  # near-cancellation
+    c[1000:1100] = 1
+    b[1000:1100] = np.float32(16519105 * 2.0**-54) * rng.choice([1, -1, 2, 0.5], size=100).astype(np.float32)
+    a[1000:1100] = 65
+    b[1100:1200] = np.float32(2.0**-140)  # subnormal results
+    c[1100:1200] = np.float32(2.0**-135)
+    got = fmaf(a, b, c)
+    for ai, bi, ci, g in zip(a.tolist(), b.tolist(), c.tolist(), got.tolist()):
+        exact = Fraction(ai) * Fraction(bi) + Fraction(ci)
+        lo = np.float32(float(exact))  # float(Fraction) is correctly rounded to float64; check the float32 one
+        cands = {lo, np.nextafter(lo, np.float32(np.inf)), np.nextafter(lo, np.float32(-np.inf))}
+        best = min(cands, key=lambda v: (abs(Fraction(float(v)) - exact), int(np.float32(v).view(np.uint32)) & 1))
+        assert np.float32(g) == best, (ai, bi, ci)
 
 
 def shapes():
@@ -272,8 +324,8 @@ def test_matches_float64_within_rounding(lib, storage):
         y = w.matmul(x).astype(np.float64)
         wf = q.astype(np.float64) * scale.astype(np.float64)[:, None]  # (rows, cols)
         want = x.astype(np.float64) @ wf.T  # (n, rows)
-        # each lane sums ceil(cols / 8) rounded products (1 rounding each, then 1 per sum),
-        # 3 levels of reduction, 1 multiply by the scale: first-order bound (m + 5) u sum|t|
+        # each lane sums ceil(cols / 8) products (one rounding per fused multiply-add), 3 levels
+        # of reduction, 1 multiply by the scale: first-order bound (m + 5) u sum|t| (loose now)
         m = -(-cols // 8)
         bound = 1.01 * (m + 5) * U * (np.abs(x).astype(np.float64) @ np.abs(wf).T)
         assert np.all(np.abs(y - want) <= bound), np.max(np.abs(y - want) / bound)
@@ -380,8 +432,9 @@ def test_object_needs_no_allocator_and_no_io(tmp_path, variant):
                    check=True)
     undefined = set(subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True, check=True).stdout.split())
     undefined -= {"U", "_GLOBAL_OFFSET_TABLE_"}
-    # memcpy / memset, and the CPU feature word __builtin_cpu_supports reads
-    assert undefined <= {"memcpy", "memset", "__cpu_model", "__cpu_indicator_init"}, undefined
+    # memcpy / memset, fmaf (libm's, where -march does not give the instruction), and the CPU
+    # feature word __builtin_cpu_supports reads
+    assert undefined <= {"memcpy", "memset", "fmaf", "__cpu_model", "__cpu_indicator_init"}, undefined
     symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout.split("\n")
     writable = [line for line in symbols if len(line.split()) == 3 and line.split()[1] in "bBdDcC"]
     assert not writable, writable  # no static mutable state
@@ -422,19 +475,20 @@ def test_forced_reference_path(lib):
         assert same_bits(forced, w.matmul(x))
 
 
-def cpu_has_avx2() -> bool:
+def cpu_has_avx2_fma() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
         with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx2" in f" {line.split(':', 1)[1]}" for line in f)
+            flags = [line.split(":", 1)[1].split() for line in f if line.startswith("flags")]
     except OSError:
         return False
+    return bool(flags) and "avx2" in flags[0] and "fma" in flags[0]
 
 
 def test_simd_reports_the_cpu(lib):
-    if not cpu_has_avx2():
-        pytest.skip("no AVX2 on this CPU (or not x86-64 Linux)")
+    if not cpu_has_avx2_fma():
+        pytest.skip("no AVX2 + FMA on this CPU (or not x86-64 Linux)")
     assert kernels.simd() is True
 
 

@@ -224,7 +224,7 @@ def report(result: dict) -> str:
     """The section's Markdown text (tables and the targets)."""
     lines = [f"== kernels: y = diag(scale) Q x, int8 levels, torch threads = {result['threads']}, C on one thread; "
              f"median of {result['rounds']} interleaved rounds; BSR blocks 1x{result['block']}; "
-             f"AVX2 path: {'yes' if result['simd'] else 'no'}"]
+             f"AVX2 + FMA path: {'yes' if result['simd'] else 'no'}"]
     if result["torch_int8"] is not None:
         lines.append(f"torch dynamic int8 Linear unavailable: {result['torch_int8']}")
     for c in result["cases"]:

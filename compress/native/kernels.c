@@ -1,15 +1,15 @@
 /* kernels.c: weight-only int8 matrix products (kernels.h), C99.
  *
  * Every kernel computes each output with the operations and order written in kernels.h:
- * eight float accumulators, the i-th stored element of a row added into lane i mod 8 as a
- * rounded product followed by a rounded sum, then a fixed pairwise reduction and one
- * multiply by the row's scale. The reference kernels (*_ref) are the plain loops of that
- * definition. The AVX2 kernels keep the eight lanes in one 8-float vector: widening eight
- * levels with vpmovsxbd + vcvtdq2ps, one vmulps and one vaddps per eight stored elements
- * (never a fused multiply-add, which rounds once), so both give the same bits.
+ * eight float accumulators, the i-th stored element of a row added into lane i mod 8 by one
+ * fused multiply-add (fmaf: rounded once), then a fixed pairwise reduction and one multiply
+ * by the row's scale. The reference kernels (*_ref) are the plain loops of that definition,
+ * calling fmaf. The AVX2 kernels (taken where the CPU has AVX2 and FMA) keep the eight lanes
+ * in one 8-float vector: widening eight levels with vpmovsxbd + vcvtdq2ps, one vfmadd per
+ * eight stored elements, so both give the same bits.
  *
- * Because one row's lanes form a single chain of dependent additions, the AVX2 kernels
- * hide the add latency by running several independent chains at once, in register tiles:
+ * Because one row's lanes form a single chain of dependent multiply-adds, the AVX2 kernels
+ * hide the FMA latency by running several independent chains at once, in register tiles:
  *   - one frame (n = 1): four rows at a time (dense, CSR, BSR). For BSR the four rows take
  *     one block each per step while all four have blocks left (two steps per iteration),
  *     then each row its own remaining blocks, and the four reductions run as one (reduce4);
@@ -32,11 +32,13 @@
  */
 #include "kernels.h"
 
+#include <math.h>
 #include <string.h>
 
-/* Products and sums are rounded separately: no contraction into fused multiply-adds.
- * GCC ignores (and warns about) the STDC pragma, but contracts nothing in ISO C mode
- * (-std=c99, how the library is built); in GNU mode it is told so explicitly. */
+/* The multiply-adds are the explicit fmaf / vfmadd calls; nothing else is contracted (the
+ * reduction's sums and the scale's product stay separate roundings). GCC ignores (and warns
+ * about) the STDC pragma, but contracts nothing in ISO C mode (-std=c99, how the library is
+ * built); in GNU mode it is told so explicitly. */
 #if !defined(__GNUC__) || defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif !defined(__STRICT_ANSI__)
@@ -70,14 +72,14 @@ static void bsr_tail(const psq_bsr *w, const float *x, size_t j0, size_t e0, siz
         const size_t k0 = (size_t)w->bcol[j] * b, width = block_width(w, k0);
         const int8_t *v = w->val + j * b;
         for (size_t e = e0; e < width; e++, i++)
-            a[i % 8] += (float)v[e] * x[k0 + e];
+            a[i % 8] = fmaf((float)v[e], x[k0 + e], a[i % 8]);
     }
 }
 
 /* Scalar continuation of a CSR row starting at `start`: nonzeros [p0, p1). */
 static void csr_tail(const psq_csr *w, const float *x, size_t start, size_t p0, size_t p1, float a[8]) {
     for (size_t p = p0; p < p1; p++)
-        a[(p - start) % 8] += (float)w->val[p] * x[w->col[p]];
+        a[(p - start) % 8] = fmaf((float)w->val[p], x[w->col[p]], a[(p - start) % 8]);
 }
 
 void psq_matmul_dense_ref(const psq_dense *w, const float *x, uint32_t n, float *y) {
@@ -88,7 +90,7 @@ void psq_matmul_dense_ref(const psq_dense *w, const float *x, uint32_t n, float 
             const int8_t *q = w->q + r * cols;
             float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
             for (size_t k = 0; k < cols; k++)
-                a[k % 8] += (float)q[k] * xf[k];
+                a[k % 8] = fmaf((float)q[k], xf[k], a[k % 8]);
             y[f * rows + r] = finish(a, w->scale[r]);
         }
     }
@@ -121,19 +123,19 @@ void psq_matmul_bsr_ref(const psq_bsr *w, const float *x, uint32_t n, float *y) 
 /* ---------------------------------------------------------------- AVX2 kernels */
 
 #ifdef PSQ_KERNELS_AVX2
-#define AVX2 __attribute__((target("avx2")))
+#define AVX2 __attribute__((target("avx2,fma")))
 /* Inlined with constant R (rows), F (frames) and V (vectors per block), so that the loops
  * over them unroll and the accumulators live in registers. */
-#define AVX2_INLINE static inline __attribute__((target("avx2"), always_inline))
+#define AVX2_INLINE static inline __attribute__((target("avx2,fma"), always_inline))
 
 /* Eight levels as eight floats (exact). */
 AVX2_INLINE __m256 widen8(const int8_t *q) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)q)));
 }
 
-/* acc + w * x: the product rounded, then the sum. */
+/* fmaf(w, x, acc) in each lane: one fused multiply-add, rounded once. */
 AVX2_INLINE __m256 madd(__m256 acc, __m256 w, __m256 x) {
-    return _mm256_add_ps(acc, _mm256_mul_ps(w, x));
+    return _mm256_fmadd_ps(w, x, acc);
 }
 
 /* finish() on the vector: the same additions in the same order and operand positions. */
@@ -197,7 +199,7 @@ AVX2_INLINE void dense_rows(const psq_dense *w, const float *x, float *y, size_t
             float t[8];
             _mm256_storeu_ps(t, acc[a]);
             for (size_t k = full; k < cols; k++)
-                t[k % 8] += (float)q[a][k] * x[k];
+                t[k % 8] = fmaf((float)q[a][k], x[k], t[k % 8]);
             y[r0 + a] = finish(t, w->scale[r0 + a]);
         }
     }
@@ -232,7 +234,7 @@ AVX2_INLINE void dense_tile(const psq_dense *w, const float *x, float *y, size_t
             float t[8];
             _mm256_storeu_ps(t, acc[b][a]);
             for (size_t k = full; k < cols; k++)
-                t[k % 8] += (float)q[b][k] * xf[a][k];
+                t[k % 8] = fmaf((float)q[b][k], xf[a][k], t[k % 8]);
             y[(f0 + a) * rows + r0 + b] = finish(t, w->scale[r0 + b]);
         }
     }
@@ -266,7 +268,7 @@ AVX2_INLINE void dense_one(const psq_dense *w, const float *x, float *y) {
 /* n >= 2: tiles of DENSE_TF frames, then of 4, 3, 2, a last single frame as n = 1; a function
  * of its own, so that dense_one's loop (n = 1) has the registers to itself (inlined beside
  * the tiles, GCC spills its pointers). */
-__attribute__((noinline, target("avx2"))) static void dense_batched(const psq_dense *w, const float *x, uint32_t n,
+__attribute__((noinline, target("avx2,fma"))) static void dense_batched(const psq_dense *w, const float *x, uint32_t n,
                                                                      float *y) {
     const size_t rows = w->rows, cols = w->cols;
     size_t f = 0;
@@ -527,15 +529,15 @@ AVX2_INLINE void bsr8_one(const psq_bsr *w, const float *x, float *y, size_t V) 
 }
 
 /* bsr8_one for V = 1, 2 and any V, each a function of its own (registers, as dense_batched). */
-__attribute__((noinline, target("avx2"))) static void bsr8_one1(const psq_bsr *w, const float *x, float *y) {
+__attribute__((noinline, target("avx2,fma"))) static void bsr8_one1(const psq_bsr *w, const float *x, float *y) {
     bsr8_one(w, x, y, 1);
 }
 
-__attribute__((noinline, target("avx2"))) static void bsr8_one2(const psq_bsr *w, const float *x, float *y) {
+__attribute__((noinline, target("avx2,fma"))) static void bsr8_one2(const psq_bsr *w, const float *x, float *y) {
     bsr8_one(w, x, y, 2);
 }
 
-__attribute__((noinline, target("avx2"))) static void bsr8_onev(const psq_bsr *w, const float *x, float *y,
+__attribute__((noinline, target("avx2,fma"))) static void bsr8_onev(const psq_bsr *w, const float *x, float *y,
                                                                  size_t V) {
     bsr8_one(w, x, y, V);
 }
@@ -697,7 +699,7 @@ AVX2_INLINE void bsrg_frames(const psq_bsr *w, const float *x, float *y, size_t 
             float t[8];
             _mm256_storeu_ps(t, acc[a]);
             for (size_t u = 0; u < p; u++) /* i is a multiple of 8: lane u */
-                t[u] += (float)v[i + u] * xf[a][idx[u]];
+                t[u] = fmaf((float)v[i + u], xf[a][idx[u]], t[u]);
             y[(f0 + a) * rows + r] = finish(t, w->scale[r]);
         }
     }
@@ -732,8 +734,9 @@ AVX2 static void bsr_avx2(const psq_bsr *w, const float *x, uint32_t n, float *y
         bsrg_avx2(w, x, n, y);
 }
 
-static int has_avx2(void) {
-    return __builtin_cpu_supports("avx2") ? 1 : 0;
+/* The AVX2 kernels need both AVX2 and FMA (a few CPUs have one without the other). */
+static int has_simd(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 }
 #endif /* PSQ_KERNELS_AVX2 */
 
@@ -741,7 +744,7 @@ static int has_avx2(void) {
 
 int psq_kernels_simd(void) {
 #ifdef PSQ_KERNELS_AVX2
-    return has_avx2();
+    return has_simd();
 #else
     return 0;
 #endif
@@ -749,7 +752,7 @@ int psq_kernels_simd(void) {
 
 void psq_matmul_dense(const psq_dense *w, const float *x, uint32_t n, float *y) {
 #ifdef PSQ_KERNELS_AVX2
-    if (has_avx2()) {
+    if (has_simd()) {
         dense_avx2(w, x, n, y);
         return;
     }
@@ -759,7 +762,7 @@ void psq_matmul_dense(const psq_dense *w, const float *x, uint32_t n, float *y) 
 
 void psq_matmul_csr(const psq_csr *w, const float *x, uint32_t n, float *y) {
 #ifdef PSQ_KERNELS_AVX2
-    if (has_avx2()) {
+    if (has_simd()) {
         csr_avx2(w, x, n, y);
         return;
     }
@@ -769,7 +772,7 @@ void psq_matmul_csr(const psq_csr *w, const float *x, uint32_t n, float *y) {
 
 void psq_matmul_bsr(const psq_bsr *w, const float *x, uint32_t n, float *y) {
 #ifdef PSQ_KERNELS_AVX2
-    if (has_avx2() && w->block >= 1) {
+    if (has_simd() && w->block >= 1) {
         bsr_avx2(w, x, n, y);
         return;
     }

@@ -6,14 +6,20 @@
  * exactly what the decoded file computes: element (r, k) of W is float32(q) * scale[r].
  *
  * Three storages of Q, each with a plain reference kernel (*_ref) and a dispatching one
- * that takes an AVX2 path where the CPU has it. Both compute every output with the same
- * operations in the same order (written below), so their results are bit-identical:
+ * that takes an AVX2 + FMA path where the CPU has both. Both compute every output with the
+ * same operations in the same order (written below), so their results are bit-identical:
  *
  *     acc[l] = 0 for the 8 lanes l
  *     for each stored element (k, q) of row r, the i-th one (i = 0, 1, ...):
- *         acc[i mod 8] += (float)q * x[k]          (a product, then a sum: no FMA)
+ *         acc[i mod 8] = fmaf((float)q, x[k], acc[i mod 8])
+ *                         (a fused multiply-add: the exact q * x[k] + acc, rounded once)
  *     s = ((acc0 + acc4) + (acc1 + acc5)) + ((acc2 + acc6) + (acc3 + acc7))
  *     y[r] = s * scale[r]
+ *
+ * The reference kernels call C99's fmaf (math.h), which is exact everywhere: one FMA
+ * instruction where the compiler may use it (-march=native on a CPU with FMA), else the C
+ * library's correctly rounded fmaf (slower, the same bits); the AVX2 path uses vfmadd.
+ * The reduction and the final multiply are separate roundings (never contracted).
  *
  * "Stored elements" are, in increasing k: every element (dense); the nonzeros (CSR);
  * every element of every stored block, zeros inside a block included (block-sparse).
@@ -80,7 +86,7 @@ uint64_t psq_bsr_count(const int8_t *q, uint32_t rows, uint32_t cols, uint32_t b
 int psq_bsr_build(const int8_t *q, uint32_t rows, uint32_t cols, uint32_t block, uint32_t *row_ptr,
                   uint16_t *bcol, int8_t *val);
 
-/* 1 when the dispatching kernels take the AVX2 path on this CPU, else 0. */
+/* 1 when the dispatching kernels take the AVX2 + FMA path on this CPU (it has both), else 0. */
 int psq_kernels_simd(void);
 
 #ifdef __cplusplus

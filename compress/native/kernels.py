@@ -4,8 +4,9 @@
 CSR (the nonzeros of each row) and BSR (the 1 × ``block`` blocks of each row that hold a
 nonzero). :func:`dense`, :func:`csr` and :func:`bsr` build them from a level array; the
 returned object keeps its arrays alive (the C structure points into them) and offers
-``matmul(x)`` on the dispatching kernel (AVX2 where the CPU has it) and
-``matmul(x, ref=True)`` on the plain C reference. Both give the same bits.
+``matmul(x)`` on the dispatching kernel (AVX2 + FMA where the CPU has both) and
+``matmul(x, ref=True)`` on the plain C reference (C99 ``fmaf``). Both give the same bits:
+one fused multiply-add per stored element, in the fixed order of kernels.h.
 
 The kernels live in the one shared library (``compress.native.library()``); ``lib=``
 takes another CDLL with the same functions (a private build, e.g. the portable
@@ -115,7 +116,7 @@ def build_check(sanitize: bool = True, simd: bool = True, march: bool = True) ->
 
 
 def simd(lib=None) -> bool:
-    """True when the dispatching kernels take the AVX2 path on this CPU."""
+    """True when the dispatching kernels take the AVX2 + FMA path on this CPU."""
     return bool(library(lib).psq_kernels_simd())
 
 

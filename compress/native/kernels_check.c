@@ -9,7 +9,9 @@
  *   - the dispatching kernel == the reference (memcmp), for dense, CSR and BSR;
  *   - a batched call == n calls of one frame (memcmp);
  *   - CSR / BSR built from the levels have the counts the *_count functions give;
- *   - the build functions return -1 on block 0, block 257 and too many columns.
+ *   - the build functions return -1 on block 0, block 257 and too many columns;
+ *   - both paths round each multiply-add once (kernels.h's fmaf), on an input where
+ *     separate roundings and a float64 sum rounded to float32 both differ.
  *
  * Usage: kernels_check [CASES [SEED]]. Prints "ok CASES cases simd S" and exits 0, or names
  * the first failing case and exits 1.
@@ -202,11 +204,39 @@ static int build_errors(void) {
     return 0;
 }
 
+/* Lane 0: 1, then fmaf(65, 16519105 * 2^-54, 1) = 1 + 2^-24 + 2^-54 rounded once: 1 + 2^-23
+ * (a float64 sum would round to 1 + 2^-24 first, then tie to even: 1). Frame 2: lane 0 holds
+ * 3, then fmaf(-3, 1 + 2^-23, 3) = -3 * 2^-23 exactly (a rounded product loses it). */
+static int fused_order(void) {
+    int8_t q[9] = {1, 0, 0, 0, 0, 0, 0, 0, 65};
+    int8_t q2[9] = {3, 0, 0, 0, 0, 0, 0, 0, -3};
+    float x[18] = {0.0f}, scale = 1.0f, y[2];
+    psq_dense w;
+    x[0] = 1.0f;
+    x[8] = 16519105.0f * 0x1p-54f;
+    x[9] = 1.0f;
+    x[17] = 1.0f + 0x1p-23f;
+    w.rows = 1;
+    w.cols = 9;
+    w.q = q;
+    w.scale = &scale;
+    psq_matmul_dense_ref(&w, x, 1, y);
+    psq_matmul_dense(&w, x, 1, y + 1);
+    if (y[0] != 1.0f + 0x1p-23f || y[1] != y[0])
+        return fail("dense fmaf rounding", 0, 1, 9, 0, 1);
+    w.q = q2;
+    psq_matmul_dense_ref(&w, x + 9, 1, y);
+    psq_matmul_dense(&w, x + 9, 1, y + 1);
+    if (y[0] != -3.0f * 0x1p-23f || y[1] != y[0])
+        return fail("dense fmaf exact product", 0, 1, 9, 0, 1);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const uint32_t cases = argc > 1 ? (uint32_t)strtoul(argv[1], NULL, 10) : 3000u;
     if (argc > 2)
         rng_state = (uint64_t)strtoull(argv[2], NULL, 10) * 2u + 1u;
-    if (build_errors())
+    if (build_errors() || fused_order())
         return 1;
     for (uint32_t c = 0; c < cases; c++)
         if (one_case(c))
