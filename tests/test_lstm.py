@@ -61,3 +61,21 @@ def test_ctc_lstm_forward_matches_the_packed_path_the_exporter_traces(monkeypatc
 def test_rejects_what_it_cannot_run():
     with pytest.raises(ValueError, match="batch_first"):
         run_lstm(nn.LSTM(3, 4), torch.zeros(1, 2, 3), torch.tensor([2]))
+
+
+def test_torch_pruning_reparametrization_is_recomputed_every_call():
+    """torch.nn.utils.prune (what Lightning's ModelPruning uses) sets ``weight = orig * mask``
+    in a forward pre-hook; run_lstm must run it, or a second backward reuses a freed graph."""
+    import torch.nn.utils.prune as prune
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 6, num_layers=1, batch_first=True, bidirectional=True)
+    prune.l1_unstructured(lstm, "weight_ih_l0", amount=0.5)
+    x, n = torch.randn(2, 5, 4), torch.tensor([5, 3])
+    for _ in range(2):  # two training steps
+        run_lstm(lstm, x, n).sum().backward()
+    with torch.no_grad():
+        lstm.weight_ih_l0_orig.add_(1.0)  # a changed parameter must reach the next call
+        want = lstm(nn.utils.rnn.pack_padded_sequence(x, n, batch_first=True, enforce_sorted=False))[0]
+        want = nn.utils.rnn.pad_packed_sequence(want, batch_first=True, total_length=5)[0]
+        torch.testing.assert_close(run_lstm(lstm, x, n), want)

@@ -58,6 +58,11 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
     if not lstm.batch_first or lstm.proj_size:
         raise ValueError("lstm must be batch_first=True with proj_size=0, "
                          f"got batch_first={lstm.batch_first}, proj_size={lstm.proj_size}")
+    # The module's forward is not called, so run its pre-hooks here: torch.nn.utils.prune
+    # (and Lightning's ModelPruning) recompute `weight = weight_orig * mask` in one; without
+    # it every step would reuse the tensor of the last call, graph and all.
+    for hook in lstm._forward_pre_hooks.values():
+        hook(lstm, (x,))
     for layer in range(lstm.num_layers):
         if layer > 0 and lstm.dropout and lstm.training:
             x = F.dropout(x, lstm.dropout, training=True)  # as nn.LSTM: between layers only
