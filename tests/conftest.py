@@ -38,3 +38,14 @@ def tiny_run(tmp_path_factory):
     HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.choices...}
     out = tmp_path_factory.mktemp("tiny_run")
     return out, run(cfg, out), cfg
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_run):
+    """The tiny run's data module (its test splits' features) and the corpus folder of its manifests."""
+    from compress.pipeline import build_datamodule
+
+    _, _, cfg = tiny_run
+    dm = build_datamodule(cfg, progress=False)
+    dm.setup()
+    return dm, dm.manifests()["test_voices"].parent

@@ -10,17 +10,6 @@ import torch
 from compress.cli import main
 
 
-@pytest.fixture(scope="module")
-def corpus(tiny_run):
-    """The run's data module (its test splits' features) and the corpus folder of its manifests."""
-    from compress.pipeline import build_datamodule
-
-    _, _, cfg = tiny_run
-    dm = build_datamodule(cfg, progress=False)
-    dm.setup()
-    return dm, dm.manifests()["test_voices"].parent
-
-
 @pytest.mark.parametrize("name", ["model.ckpt", "model.psq"])
 def test_evaluate_gives_the_runs_figures(tiny_run, corpus, tmp_path, name, capsys):
     out_dir, results, _ = tiny_run

@@ -21,17 +21,6 @@ STORAGES = ("auto", "dense", "csr", "bsr")
 LOGPROB_TOL = 1e-3  # float32 sums in another order; an int8 level is exact in both
 
 
-@pytest.fixture(scope="module")
-def corpus(tiny_run):
-    """The run's data module and the folder of its manifests."""
-    from compress.pipeline import build_datamodule
-
-    _, _, cfg = tiny_run
-    dm = build_datamodule(cfg, progress=False)
-    dm.setup()
-    return dm, dm.manifests()["test_voices"].parent
-
-
 def _state(tiny_run) -> dict:
     out_dir, _, _ = tiny_run
     return dict(torch.load(out_dir / "model.ckpt", weights_only=True)["state_dict"])

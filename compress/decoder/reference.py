@@ -222,12 +222,7 @@ def read_table(buf: bytes, h: dict, max_numel: int = L.MAX_NUMEL) -> list:
 def check_flags_used(records: list, flags: int) -> None:
     """``int check_flags_used(const psq_record *r, uint32_t n, uint32_t flags)``: every set bit
     of ``flags`` is used by some record (the records already checked that they use only set bits)."""
-    used = 0
-    for r in records:
-        if r.kind == L.QUANT and r.encoding == L.BLOCK:
-            used |= L.FLAG_BLOCK
-        if r.kind == L.QUANT and r.store != L.QUANT_STORE:
-            used |= L.FLAG_SCALES16
+    used = L.flags_of(records)
     if flags != used:
         raise header_error("flags", f"features 0x{flags & ~used:08x} set but used by no tensor")
 

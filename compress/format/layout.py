@@ -253,3 +253,21 @@ _DIMS = [name for name, _ in RECORD_FIELDS].index("dims")  # dims is one field o
 _KEYS = frozenset(Record._fields) | {"shape", "numel"}
 if Record._fields[: len(RECORD_FIELDS)] != tuple(name for name, _ in RECORD_FIELDS):
     raise AssertionError("Record's fields must be RECORD_FIELDS, in order")
+
+
+def flags_of(records) -> int:
+    """The header's ``flags``: the bit of each required feature that some record uses, and no other.
+
+    Example:
+        >>> flags_of([Record(kind=QUANT, encoding=BLOCK, block=4)]) == FLAG_BLOCK
+        True
+        >>> flags_of([Record(kind=QUANT, store=Dtype.FLOAT16), Record(kind=RAW, store=F16)])
+        2
+    """
+    flags = 0
+    for r in records:
+        if r.kind == QUANT and r.encoding == BLOCK:
+            flags |= FLAG_BLOCK
+        if r.kind == QUANT and r.store != QUANT_STORE:
+            flags |= FLAG_SCALES16
+    return flags

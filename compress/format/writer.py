@@ -45,29 +45,12 @@ def table(entries: list, meta: bytes) -> tuple[bytes, bytes, list]:
         blocks.append(block)
         blocks.append(bytes(off - end))
     body = b"".join(records) + b"".join(names)
-    head = L.HEADER.pack(L.MAGIC, L.MAJOR, L.MINOR, flags_of([r for _, (r, _) in entries]), len(entries), len(meta),
+    head = L.HEADER.pack(L.MAGIC, L.MAJOR, L.MINOR, L.flags_of([r for _, (r, _) in entries]), len(entries), len(meta),
                          off, names_len,
                          zlib.crc32(meta), zlib.crc32(body), 0)
     head = head[: L.HEADER_CRC_SPAN] + zlib.crc32(head[: L.HEADER_CRC_SPAN]).to_bytes(4, "little")
     return head, body, blocks
 
-
-def flags_of(records) -> int:
-    """The header's ``flags``: the bit of each required feature that some record uses, and no other.
-
-    Example:
-        >>> flags_of([L.Record(kind=L.QUANT, encoding=L.BLOCK, block=4)]) == L.FLAG_BLOCK
-        True
-        >>> flags_of([L.Record(kind=L.QUANT, store=L.Dtype.FLOAT16), L.Record(kind=L.RAW, store=L.F16)])
-        2
-    """
-    flags = 0
-    for r in records:
-        if r.kind == L.QUANT and r.encoding == L.BLOCK:
-            flags |= L.FLAG_BLOCK
-        if r.kind == L.QUANT and r.store != L.QUANT_STORE:
-            flags |= L.FLAG_SCALES16
-    return flags
 
 
 def chunks(entries: list, meta: bytes) -> Iterator[bytes]:
