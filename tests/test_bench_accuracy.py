@@ -19,8 +19,10 @@ from compress.decoder.fast import load
 from compress.quant import grid
 from compress.sparsity.schedule import sparsity_at
 
-KEYS = ["fp32", "ptq8", "oneshot50_ptq8", "lightning50_ptq8", "sparse50_qreg8",
-        "ptq4", "oneshot75_ptq4", "lightning75_ptq4", "sparse75_qreg4"]
+KEYS = ["fp32", "ptq8", "oneshot50_ptq8", "lightning50_ptq8", "sparse50_ptq8", "sparse50_fq8", "sparse50_qreg8",
+        "qreg8", "lightning75_fp32", "sparse75_fp32", "ptq4", "oneshot75_ptq4", "lightning75_ptq4", "sparse75_ptq4", "sparse75_fq4", "sparse75_qreg4",
+        "ptq6", "oneshot75_ptq6", "sparse75_qreg6", "ptq5", "oneshot75_ptq5", "sparse75_qreg5",
+        "qreg6", "qreg4", "ptq2", "qreg2"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,10 @@ def test_tiny_run_writes_every_row_and_both_files(tiny):
         assert set(row["metrics"]) == {"test_voices", "test_sentences"}
         for split in row["metrics"].values():
             assert math.isfinite(split["wer"]) and split["wer"] >= 0 and math.isfinite(split["cer"])
-    assert md.count("**PASS**") + md.count("**MISS**") == 3
+    # loss: 50% + 8, 75% + 4, 75% + 6 bits; defaults: 8, 6, 4, 2 bits;
+    # beat: one-shot, ModelPruning, sparsifier alone, fake-quant
+    assert md.count("**PASS**") + md.count("**MISS**") == 11
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and results["plot"] == "accuracy.png"
     assert results["command"] in md and "wall time" in md and results["machine"]["torch"] in md
     assert not list(out.glob("**/*.tmp")) and not list(out.glob("**/.*.tmp"))
 
@@ -64,10 +69,16 @@ def test_tiny_sizes_are_those_of_the_packed_files_and_ordered(tiny):
     for bits, pct in ((8, 50), (4, 75)):
         dense = rows[f"ptq{bits}"]["bytes"]
         assert dense < rows["fp32"]["bytes"]
-        for key in (f"oneshot{pct}_ptq{bits}", f"lightning{pct}_ptq{bits}", f"sparse{pct}_qreg{bits}"):
+        for key in (f"oneshot{pct}_ptq{bits}", f"lightning{pct}_ptq{bits}", f"sparse{pct}_qreg{bits}",
+                    f"sparse{pct}_ptq{bits}", f"sparse{pct}_fq{bits}"):
             assert rows[key]["bytes"] < dense, key
             assert rows[key]["decoded_sparsity"] >= pct / 100 - 0.01, key
-    assert rows["ptq4"]["bytes"] < rows["ptq8"]["bytes"]
+    assert rows["ptq4"]["bytes"] < rows["ptq5"]["bytes"] < rows["ptq6"]["bytes"] < rows["ptq8"]["bytes"]
+    assert rows["sparse75_qreg4"]["bytes"] < rows["sparse75_qreg5"]["bytes"] < rows["sparse75_qreg6"]["bytes"]
+    for key in ("lightning75_fp32", "sparse75_fp32"):  # pruned, not rounded: stored as fp32, 75% zeros
+        # (the same tensors as the fp32 row; only the recipe name in the header differs)
+        assert abs(rows[key]["bytes"] - rows["fp32"]["bytes"]) <= 64 and rows[key]["decoded_sparsity"] >= 0.74, key
+    assert rows["qreg8"]["decoded_sparsity"] < 0.2  # the regularizer alone prunes nothing (rounding adds a few zeros)
     # The fp32 row is a passthrough of the trained weights: decoding gives them back exactly.
     ckpt = torch.load(out / "accuracy_runs" / "fp32" / "model.ckpt", map_location="cpu", weights_only=False)
     decoded = load(out / "accuracy_runs" / "fp32" / "fp32.psq")
@@ -94,40 +105,76 @@ def test_tiny_targets_are_computed_from_the_numbers(tiny):
     assert results["targets"] == accuracy.check_targets(results["rows"], "test_voices")
     rows = _rows(results)
     wer = {k: 100 * r["metrics"]["test_voices"]["wer"] for k, r in rows.items()}
-    easy, hard, beat = results["targets"]
+    kinds = [t["kind"] for t in results["targets"]]
+    assert kinds == ["loss"] * 3 + ["defaults"] * 4 + ["beat"] * 4
+    easy, hard, six = results["targets"][:3]
+    defaults, beat = results["targets"][3:7], results["targets"][7:]
+    assert [t["value"] for t in defaults] == pytest.approx([wer[f"qreg{b}"] - wer[f"ptq{b}"] for b in (8, 6, 4, 2)])
+    assert [t["pass"] for t in defaults] == [wer[f"qreg{b}"] <= wer[f"ptq{b}"] for b in (8, 6, 4, 2)]
     assert easy["value"] == pytest.approx(wer["sparse50_qreg8"] - wer["fp32"])
     assert easy["pass"] == (easy["value"] <= 0.5 + 1e-9)
-    assert hard["pass"] == (hard["value"] <= 2.0 + 1e-9)
-    assert beat["pass"] == (wer["sparse75_qreg4"] < min(wer["oneshot75_ptq4"], wer["lightning75_ptq4"]))
+    assert hard["value"] == pytest.approx(wer["sparse75_qreg4"] - wer["fp32"])
+    assert hard["pass"] == (hard["value"] <= 1.0 + 1e-9)
+    assert six["value"] == pytest.approx(wer["sparse75_qreg6"] - wer["fp32"])
+    peers = ["oneshot75_ptq4", "lightning75_ptq4", "sparse75_ptq4", "sparse75_fq4"]
+    assert [t["value"] for t in beat] == pytest.approx([wer["sparse75_qreg4"] - wer[k] for k in peers])
+    assert [t["pass"] for t in beat] == [wer["sparse75_qreg4"] < wer[k] for k in peers]
 
 
 def _hand_rows(fp32, ours50, ours75, oneshot75, lightning75):
-    def row(key, method, setting, wer):
-        return {"key": key, "method": method, "setting": setting, "bits": 4, "target_sparsity": 0.75,
+    def row(key, method, setting, wer, bits):
+        return {"key": key, "method": method, "setting": setting, "bits": bits, "target_sparsity": 0.75,
                 "metrics": {"test_voices": {"wer": wer / 100, "cer": 0.0}}}
 
-    return [row("fp32", "fp32", None, fp32), row("s50", "ours", "easy", ours50), row("s75", "ours", "hard", ours75),
-            row("o75", "oneshot", "hard", oneshot75), row("l75", "lightning", "hard", lightning75)]
+    return [row("fp32", "fp32", None, fp32, None), row("s50", "ours", "easy", ours50, 8),
+            row("s75", "ours", "hard", ours75, 4), row("o75", "oneshot", "hard", oneshot75, 4),
+            row("l75", "lightning", "hard", lightning75, 4)]
 
 
 @pytest.mark.parametrize("numbers, expected", [
-    ((10.0, 10.5, 12.0, 12.5, 12.1), [True, True, True]),  # both limits hit exactly, ours best
-    ((10.0, 10.51, 12.01, 12.5, 12.1), [False, False, True]),
-    ((10.0, 9.0, 12.0, 12.5, 12.0), [True, True, False]),  # a tie with a baseline does not beat it
-    ((10.0, 10.0, 15.0, 20.0, 30.0), [True, False, True]),
-    ((20.0, 19.0, 18.0, 17.0, 40.0), [True, True, False]),  # one baseline better: MISS
+    ((10.0, 10.5, 11.0, 12.5, 12.1), [True, True, True, True]),  # both limits hit exactly, ours best
+    ((10.0, 10.51, 11.01, 12.5, 11.0), [False, False, True, False]),  # below the one, above the other
+    ((10.0, 9.0, 11.0, 12.5, 11.0), [True, True, True, False]),  # a tie with a baseline does not beat it
+    ((10.0, 10.0, 15.0, 20.0, 30.0), [True, False, True, True]),
+    ((20.0, 19.0, 18.0, 17.0, 40.0), [True, True, False, True]),  # one baseline better: MISS on that one
 ])
 def test_target_logic_on_hand_made_numbers(numbers, expected):
     targets = accuracy.check_targets(_hand_rows(*numbers), "test_voices")
     assert [t["pass"] for t in targets] == expected
     assert targets[0]["value"] == pytest.approx(numbers[1] - numbers[0])
-    assert targets[2]["value"] == pytest.approx(numbers[2] - min(numbers[3:]))
+    assert targets[1]["value"] == pytest.approx(numbers[2] - numbers[0])
+    assert [t["value"] for t in targets[2:]] == pytest.approx([numbers[2] - n for n in numbers[3:]])
 
 
-def test_target_logic_names_a_missing_row():
+def test_target_logic_skips_baselines_not_run_and_names_a_missing_row():
     rows = [r for r in _hand_rows(10, 10, 10, 10, 10) if r["method"] != "lightning"]
-    with pytest.raises(ValueError, match="'lightning' row for setting 'hard'"):
-        accuracy.check_targets(rows)
+    assert ["beats" in t["target"] and "one-shot" in t["target"] for t in accuracy.check_targets(rows)][-1]
+    assert len(accuracy.check_targets(rows)) == 3
+    six = {**rows[2], "key": "s75_6", "setting": "bits", "bits": 6}  # 75% + 6 bits: limit 0.5
+    five = {**rows[2], "key": "s75_5", "setting": "bits", "bits": 5}  # no target at 5 bits
+    assert [t["limit"] for t in accuracy.check_targets(rows + [six, five]) if t["kind"] == "loss"] == [0.5, 1.0, 0.5]
+    with pytest.raises(ValueError, match="'ours' row for setting 'hard'"):
+        accuracy.check_targets([r for r in rows if r["key"] != "s75"])
+
+
+def test_groups_choose_the_trainings_and_fp32_is_always_there():
+    settings = {"easy": {"recipe": "sparse50_qreg8", "sparsity": 0.5, "schedule": "cubic", "start_epoch": 0,
+                         "end_epoch": None, "bits": 8, "clip": "max", "granularity": "channel"},
+                "hard": {"recipe": "sparse75_qreg4", "sparsity": 0.75, "schedule": "cubic", "start_epoch": 0,
+                         "end_epoch": None, "bits": 4, "clip": "mse", "granularity": "channel"}}
+    names = [j["name"] for j in accuracy.plan(settings, ["peers"])]
+    assert names == ["fp32", "fq75", "fq50"]
+    defaults = accuracy.plan(settings, ["defaults"])
+    assert [j["name"] for j in defaults] == ["fp32", "qreg6", "qreg4", "qreg2"]
+    assert defaults[2]["extra"] == ["compression.quantization_regularizer.bits=4"]
+    assert {"ptq6", "ptq4", "ptq2"} <= {r["key"] for r in defaults[0]["rows"]}
+    everything = accuracy.plan(settings, list(accuracy.GROUPS))
+    assert [j["name"] for j in everything][:5] == ["fp32", "lightning50", "lightning75", "ours50", "ours75"]
+    assert {r["key"] for r in everything[0]["rows"]} >= {"ptq5", "ptq6", "oneshot75_ptq6"}
+    sparse75 = next(j for j in everything if j["name"] == "sparse75")["rows"][0]
+    assert (sparse75["clip"], sparse75["bits"]) == ("mse", 4)  # rounded on the grid of the setting's recipe
+    with pytest.raises(ValueError, match="--groups must be"):
+        accuracy.check_groups("core,nope", accuracy.GROUPS)
 
 
 def test_oneshot_prunes_exact_counts_of_the_smallest_weights():

@@ -1,19 +1,33 @@
-"""Bench section "accuracy": WER/CER against packed file size on the built-in corpus.
+"""Bench section "accuracy": WER/CER against packed file size on the built-in corpus, from scratch.
 
-Five trainings with the same model, data, epochs and seed (``recipes/``, composed with
-Hydra's compose API): fp32 (``compression=none``), Lightning's ``ModelPruning`` at 50% and
-75% (``compression=none`` plus the callback, on the sparsifier's schedule), and ours,
-``sparse50_qreg8`` and ``sparse75_qreg4``. Every row of the table is a packed file
+Every method trains the same model on the same data for the same epochs and seed
+(``recipes/``, composed with Hydra's compose API). Groups of trainings (``--groups``, so
+the study can run in batches with ``--reuse``):
+
+* ``core``: fp32 (``compression=none``), Lightning's ``ModelPruning`` at 50% and 75%
+  (``compression=none`` plus the callback, on the sparsifier's schedule), and ours,
+  ``sparse50_qreg8`` and ``sparse75_qreg4``;
+* ``peers``: forward fake-quant QAT (STE) with the same ``GradualSparsifier``, at 50% +
+  8 bits and 75% + 4 bits (``sparse50_fq8``, ``sparse75_fq4``);
+* ``ablation``: the sparsifier alone (50% and 75%, then PTQ) and the regularizer alone
+  (``qreg8``, no sparsity);
+* ``bits``: ours at 75% with 6 and 5 bits, next to PTQ and one-shot pruning at those bits;
+* ``defaults``: ``QuantizationRegularizer(bits=b)`` with no other argument, alone, at
+  b = 6, 4, 2, next to PTQ at b bits (the regularizer's defaults must not lose to rounding).
+
+The fp32 training is part of every run. Every row of the table is a packed file
 (``compress.export.pack``) evaluated after decoding it with ``compress.load``:
 
 * fp32 (fp32 passthrough); PTQ at each setting's bits; one-shot pruning + PTQ (from the
   fp32 weights);
-* ModelPruning + PTQ; ours (bits, scales and masks from the callbacks' state).
+* ModelPruning + PTQ, the sparsifier alone + PTQ; ours and fake-quant QAT (bits, scales and
+  masks from the callbacks' state).
 
 Trainings run as separate processes (``--jobs`` at a time, ``--threads`` each); each writes
 its checkpoint, packed files and figures under ``<out>/accuracy_runs/<training>/``; the
 table is built from those files afterwards. ``--reuse`` skips a training whose checkpoint
-is already there. Results: ``<out>/accuracy.md`` and ``<out>/accuracy.json``.
+is already there. Results: ``<out>/accuracy.md``, ``<out>/accuracy.json`` and the picture
+``<out>/accuracy.png``.
 
     python -m compress.bench.accuracy --size tiny             # the CI smoke run
     python -m compress.bench.accuracy --size full --jobs 2    # the figures (hours)
@@ -30,15 +44,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from compress.bench.baselines import label, plan, read_setting, row_order
+from compress.bench.baselines import METHODS, label, read_setting
+from compress.bench.baselines import plan as baselines_plan
 from compress.bench.jobs import READY, run_jobs
 from compress.checks import check_choice, check_int
 
 SETTINGS = (("easy", "sparse50_qreg8"), ("hard", "sparse75_qreg4"))  # (setting, recipe of ours)
 SPLIT = "test_voices"  # the split the targets are computed on (voices never heard in training)
+GROUPS = ("core", "peers", "ablation", "bits", "defaults")
+# The trainings beyond baselines.plan's five, by group:
+# (training, compression recipe, setting, row key, row method, bits, sparsity).
+MORE = {
+    "peers": [("fq75", "sparse75_fq4", "hard", "sparse75_fq4", "fakequant", 4, 0.75),
+              ("fq50", "sparse50_fq8", "easy", "sparse50_fq8", "fakequant", 8, 0.5)],
+    "ablation": [("sparse75", "sparse75", "hard", "sparse75_ptq4", "sparse", 4, 0.75),
+                 ("sparse50", "sparse50", "easy", "sparse50_ptq8", "sparse", 8, 0.5),
+                 ("qreg8", "qreg8", "ablation", "qreg8", "ours", 8, 0.0)],
+    "bits": [("ours75_6", "sparse75_qreg6", "bits", "sparse75_qreg6", "ours", 6, 0.75),
+             ("ours75_5", "sparse75_qreg5", "bits", "sparse75_qreg5", "ours", 5, 0.75)],
+}
+# The regularizer with its defaults, alone, at other bit widths (qreg8, the ablation's, is 8):
+# QuantizationRegularizer(bits=b) and nothing else must not end worse than PTQ at b bits.
+DEFAULT_BITS = (6, 4, 2)
+ORDER = (None, "easy", "ablation", "hard", "bits", "defaults")  # table order of the settings
 
 
-OPTIONS = ("size", "epochs", "jobs", "data_dir", "reuse")  # the section's own options
+OPTIONS = ("size", "epochs", "jobs", "data_dir", "reuse", "groups")  # the section's own options
 
 
 def add_arguments(parser, prefix: str = "accuracy-") -> None:
@@ -51,14 +82,72 @@ def add_arguments(parser, prefix: str = "accuracy-") -> None:
     add_training_arguments(parser, prefix, epochs_help="epochs of every training (default: the recipe's)",
                            reuse_help="keep a training whose checkpoint was made with the same settings and "
                                       "composed recipe (model, compression, trainer, seed)")
+    parser.add_argument(f"--{prefix}groups", default=",".join(GROUPS),
+                        help=f"comma-separated groups of trainings to run, of {GROUPS} (default all; "
+                             "the fp32 training is always part of the run)")
 
 
 def _options(args) -> argparse.Namespace:
     """The options from ``args`` (either naming style), defaults for what is missing."""
-    opts = read_options(args, "accuracy", OPTIONS)
+    opts = read_options(args, "accuracy", OPTIONS, groups=",".join(GROUPS))
     if opts.epochs is not None:
         check_int("--epochs", opts.epochs, min=1)
+    opts.groups = check_groups(opts.groups, GROUPS)
     return opts
+
+
+def check_groups(value, allowed) -> list[str]:
+    """``--groups``: a comma-separated, non-empty list of names from ``allowed``."""
+    groups = [g for g in (value.split(",") if isinstance(value, str) else list(value)) if g]
+    bad = [g for g in groups if g not in allowed]
+    if bad or not groups:
+        raise ValueError(f"--groups must be a comma-separated list of {allowed}, got {value!r}")
+    return groups
+
+
+def plan(settings: dict, groups) -> list[dict]:
+    """The trainings of ``groups`` (fp32 always first) and the rows each yields.
+
+    Args:
+        settings: setting name -> ``read_setting`` of our recipe for it ("easy", "hard").
+        groups: some of ``GROUPS``.
+
+    Returns:
+        ``baselines.plan``'s jobs (only fp32 without "core"), then those of ``MORE``.
+    """
+    jobs = baselines_plan(settings)
+    if "core" not in groups:
+        jobs = jobs[:1]
+    if "bits" in groups:  # PTQ and one-shot pruning at the other bit widths, from the fp32 weights
+        for bits in (6, 5):
+            grid = {"bits": bits, "clip": None, "granularity": "channel"}  # clip None: grid.default_clip
+            jobs[0]["rows"] += [{"key": f"ptq{bits}", "method": "ptq", "setting": "bits", **grid},
+                                {"key": f"oneshot75_ptq{bits}", "method": "oneshot", "setting": "bits",
+                                 "target_sparsity": 0.75, **grid}]
+    for group, trainings in MORE.items():
+        if group not in groups:
+            continue
+        for name, recipe, setting, key, method, bits, sparsity in trainings:
+            row = {"key": key, "method": method, "setting": setting, "target_sparsity": sparsity, "bits": bits}
+            if method == "sparse":  # rounded after training: the grid of the setting's recipe
+                row.update({k: settings[setting][k] for k in ("clip", "granularity")})
+            jobs.append({"name": name, "compression": recipe, "pruning": None, "rows": [row]})
+    if "defaults" in groups:
+        for bits in DEFAULT_BITS:
+            if not any(r["key"] == f"ptq{bits}" for r in jobs[0]["rows"]):
+                jobs[0]["rows"].append({"key": f"ptq{bits}", "method": "ptq", "setting": "defaults", "bits": bits,
+                                        "clip": None, "granularity": "channel"})
+            jobs.append({"name": f"qreg{bits}", "compression": "qreg8", "pruning": None,
+                         "extra": [f"compression.quantization_regularizer.bits={bits}"],
+                         "rows": [{"key": f"qreg{bits}", "method": "ours", "setting": "defaults",
+                                   "target_sparsity": 0.0, "bits": bits}]})
+    if "ablation" in groups:  # the 75% pruned models not rounded: the part of the loss pruning alone causes
+        for name, method in (("lightning75", "lightning"), ("sparse75", "sparse")):
+            job = next((j for j in jobs if j["name"] == name), None)
+            if job is not None:
+                job["rows"].append({"key": f"{name}_fp32", "method": method, "setting": "ablation",
+                                    "target_sparsity": 0.75, "bits": None})
+    return jobs
 
 
 # -- shared by the sections that train (accuracy, finetune) -----------------------------------
@@ -276,38 +365,59 @@ def work(spec: dict) -> dict:
 
 
 # -- the table and the targets ------------------------------------------------------------
-LIMITS = (("easy", 0.5), ("hard", 2.0))  # WER points (absolute) ours may lose against fp32
+LIMITS = {8: 0.5, 6: 0.5, 4: 1.0}  # WER points (absolute) ours may lose against fp32, by bit width
 BEAT = "hard"  # the setting where ours must beat the baselines of the same size
+BASELINES = ("oneshot", "lightning", "sparse", "fakequant")  # in METHODS order
+
+
+def row_order(row: dict) -> tuple:
+    """Sort key: fp32 first, then the settings in ``ORDER``, wider grids first, methods in ``METHODS`` order."""
+    return (ORDER.index(row["setting"]), -(row.get("bits") or 0), METHODS.index(row["method"]))
 
 
 def check_targets(rows: list[dict], split: str = SPLIT) -> list[dict]:
     """PASS/MISS of each target, computed from the rows' WER on ``split``.
 
-    Targets: ours loses at most ``LIMITS`` WER points against fp32 in each setting, and in
-    the ``BEAT`` setting has a strictly lower WER than every baseline of the same size
-    (same sparsity and bits: one-shot pruning and ModelPruning, each + PTQ).
+    Targets: ours (the settings "easy", "hard" and "bits") loses at most ``LIMITS[bits]``
+    WER points against fp32, and in the ``BEAT`` setting has a strictly lower WER than
+    each baseline of the same size that was run (one-shot pruning, ModelPruning and the
+    sparsifier alone, each + PTQ; fake-quant QAT). One seed: a lower WER is reported as
+    such, not as a win (the fine-tuning section has the seed study).
     """
-    def find(method, setting):
+    def find(method, setting, required=True):
         hits = [r for r in rows if r["method"] == method and r["setting"] == setting]
-        if len(hits) != 1:
+        if len(hits) > 1 or (required and not hits):
             raise ValueError(f"rows: expected one {method!r} row for setting {setting!r}, found {len(hits)}")
-        return hits[0]
+        return hits[0] if hits else None
 
     def wer(r):
         return 100.0 * float(r["metrics"][split]["wer"])
 
     fp32, out = wer(find("fp32", None)), []
-    for setting, limit in LIMITS:
-        ours = find("ours", setting)
+    ours_rows = [r for r in rows if r["method"] == "ours" and r["setting"] in ("easy", "hard", "bits")]
+    for ours in sorted(ours_rows, key=row_order):
+        limit = LIMITS.get(int(ours["bits"]))
+        if limit is None:
+            continue
         loss = wer(ours) - fp32
         # 1e-9: WERs are ratios of counts; do not let float noise turn an exact tie into a miss.
         out.append({"target": f"{label(ours)} loses <= {limit:g} WER points against fp32", "kind": "loss",
                     "value": loss, "limit": limit, "pass": loss <= limit + 1e-9})
+    for ours in sorted((r for r in rows if r["method"] == "ours" and r["setting"] in ("defaults", "ablation")
+                        and r["target_sparsity"] == 0.0), key=lambda r: -int(r["bits"])):
+        ptq = next((r for r in rows if r["method"] == "ptq" and r["bits"] == ours["bits"]), None)
+        if ptq is not None:  # the regularizer's defaults, alone, against rounding after training
+            margin = wer(ours) - wer(ptq)
+            out.append({"target": f"{label(ours)} (defaults, no sparsity) no worse than {label(ptq)}",
+                        "kind": "defaults", "value": margin, "limit": 0.0, "pass": margin <= 1e-9})
     ours = find("ours", BEAT)
-    peers = [find(m, BEAT) for m in ("oneshot", "lightning")]
-    margin = wer(ours) - min(wer(r) for r in peers)
-    out.append({"target": f"{label(ours)} beats {' and '.join(label(r) for r in peers)} (WER lower)",
-                "kind": "beat", "value": margin, "limit": 0.0, "pass": margin < 0})
+    for method in BASELINES:
+        peer = find(method, BEAT, required=False)
+        if peer is None:
+            continue
+        margin = wer(ours) - wer(peer)
+        out.append({"target": f"{label(ours)} beats {label(peer)} (WER lower)", "kind": "beat",
+                    "value": margin, "limit": 0.0, "pass": margin < 0})
     return out
 
 
@@ -319,19 +429,23 @@ def format_markdown(results: dict) -> str:
     head = " | ".join(f"WER {s} | CER {s}" for s in splits)
     lines = [
         "# Accuracy and size on the built-in corpus", "",
-        f"Same model, data, {results['epochs']} epochs and seed for every row. Every row is a packed file "
-        "(`compress.export.pack`) evaluated after decoding it with `compress.load`. WER/CER in %.", "",
-        f"| method | {head} | packed bytes | ratio to fp32 | sparsity | training s |",
-        "|---" * (5 + 2 * len(splits)) + "|",
+        f"From scratch: the same model, data, {results['epochs']} epochs and seed (0) for every row. Every row "
+        "is a packed file (`compress.export.pack`) evaluated after decoding it with `compress.load`. WER/CER in %. "
+        "One seed: the seed study is the fine-tuning protocol's ([accuracy_finetune.md](accuracy_finetune.md)).",
+        "",
+        f"| method | {head} | WER valid | packed bytes | ratio to fp32 | sparsity | training s |",
+        "|---" * (6 + 2 * len(splits)) + "|",
     ]
     for r in rows:
         scores = " | ".join(f"{100 * r['metrics'][s]['wer']:.2f} | {100 * r['metrics'][s]['cer']:.2f}" for s in splits)
-        lines.append(f"| {label(r)} | {scores} | {r['bytes']:,} | {fp32_bytes / r['bytes']:.2f}x | "
+        valid = f"{100 * r['valid']['wer']:.2f}" if "valid" in r else "-"
+        lines.append(f"| {label(r)} | {scores} | {valid} | {r['bytes']:,} | {fp32_bytes / r['bytes']:.2f}x | "
                      f"{100 * r['decoded_sparsity']:.1f}% | {r['train_seconds']:.0f} |")
     lines += ["", f"## Targets (WER on {results['split']}, in points)", ""]
     for t in results["targets"]:
-        what = (f"WER loss {t['value']:+.2f} points (limit {t['limit']:.2f})" if t["kind"] == "loss" else
-                f"WER minus the best of them {t['value']:+.2f} points (must be < 0)")
+        what = {"loss": f"WER loss {t['value']:+.2f} points (limit {t['limit']:.2f})",
+                "defaults": f"WER difference {t['value']:+.2f} points (must be <= 0)",
+                "beat": f"WER difference {t['value']:+.2f} points (must be < 0; one seed, so not a win by itself)"}[t["kind"]]
         lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: {what}")
     lines += [
         "", "## Run", "",
@@ -339,6 +453,7 @@ def format_markdown(results: dict) -> str:
         f"- wall time: {results['wall_seconds']:.0f} s ({results['wall_seconds'] / 3600:.2f} h)",
         f"- machine: {m['processor']}, {m['cpu_count']} CPUs, {m['jobs']} training(s) at a time x "
         f"{m['threads_per_training']} torch thread(s), torch {m['torch']}, Python {m['python']}, {m['platform']}",
+        f"- plot: `{results['plot']}`" if results.get("plot") else "- plot: not written (matplotlib missing)",
         "", "## Notes", "",
         "- sparsity: zeros among the compressed tensors of the decoded file (rounding to the grid can add a few).",
         "- PTQ rows: per-channel scales from `grid.compute_scale` once after training, MSE-optimal clipping at "
@@ -347,6 +462,10 @@ def format_markdown(results: dict) -> str:
         "- Lightning `ModelPruning` (`l1_unstructured`, per tensor, same targets, lottery-ticket reset off) prunes "
         "at the end of epoch e to the sparsity the sparsifier installs at the start of epoch e+1, so both follow "
         "the same cubic schedule at the same moments.",
+        "- fake-quant QAT (STE): `compress.callbacks.fake_quant.FakeQuantQAT`, per-channel fake quantization of "
+        "the forward weights on the same grid and clipping rule, with the same `GradualSparsifier`. "
+        "\"GradualSparsifier alone\": our sparsifier without the regularizer, rounded after training; "
+        "\"ours: qreg8\": the regularizer without sparsity (the ablation of where a gain over fp32 comes from).",
         f"- training times are wall times with {m['jobs']} training(s) sharing the machine; compare them loosely.",
     ]
     return "\n".join(lines) + "\n"
@@ -354,7 +473,7 @@ def format_markdown(results: dict) -> str:
 
 # -- the parent: plan, launch (compress.bench.jobs), collect -------------------------------------
 def _command(opts) -> str:
-    return command_line("compress.bench.accuracy", opts,
+    return command_line("compress.bench.accuracy", opts, "--groups", ",".join(opts.groups),
                         *(["--epochs", str(opts.epochs)] if opts.epochs is not None else []))
 
 
@@ -374,8 +493,8 @@ def run(args=None) -> dict:
           f"{opts.threads} thread(s), output {out}", flush=True)
     # Generate the corpus once here, so parallel trainings never race to write it.
     build_datamodule(cfg, gen_workers=opts.jobs * opts.threads).prepare_data()
-    specs = [{**job, "overrides": base, "dir": str(runs / job["name"]), "reuse": bool(opts.reuse)}
-             for job in plan(settings)]
+    specs = [{**job, "overrides": base + job.pop("extra", []), "dir": str(runs / job["name"]), "reuse": bool(opts.reuse)}
+             for job in plan(settings, opts.groups)]
     run_jobs(specs, opts.jobs, opts.threads, runs)
     done = {s["name"]: json.loads((Path(s["dir"]) / "rows.json").read_text()) for s in specs}
     rows = [r for s in specs for r in done[s["name"]]["rows"]]
@@ -392,6 +511,12 @@ def run(args=None) -> dict:
         "wall_seconds": time.perf_counter() - t0,
         "machine": machine(opts),
     }
+    from compress.bench.finetune import aggregate  # the fine-tuning section imports this module
+    from compress.bench.plot import plot
+
+    if plot(aggregate([{**r, "seed": 0} for r in rows]), out / "accuracy.png",
+            f"From scratch ({results['epochs']} epochs, seed 0): WER against size"):
+        results["plot"] = "accuracy.png"
     write_report(out, "accuracy", results, format_markdown(results))
     return results
 

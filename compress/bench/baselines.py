@@ -217,8 +217,8 @@ def pack_row(row: Mapping, state_dict: Mapping[str, torch.Tensor], checkpoint: s
     from compress.export import pack
 
     method = row["method"]
-    if method == "fp32":
-        pack_fp32(state_dict, path, recipe=row["key"])
+    if method == "fp32" or (method in ("lightning", "sparse") and row.get("bits") is None):
+        pack_fp32(state_dict, path, recipe=row["key"])  # a pruned model not rounded: what pruning alone costs
     elif method in ("ptq", "lightning", "sparse"):  # sparse: GradualSparsifier alone, then PTQ
         pack_ptq(state_dict, path, targets, row["bits"], row["clip"], row["granularity"], recipe=row["key"])
     elif method == "oneshot":
@@ -299,7 +299,11 @@ def row_order(row: dict) -> tuple:
 def label(row: dict) -> str:
     """Human name of a row, e.g. "one-shot prune 75% + PTQ int4"."""
     method, q = row["method"], f"PTQ int{row.get('bits')}"
+    if method in ("lightning", "sparse") and row.get("bits") is None:
+        method += "_fp32"
     pct = f"{100 * row.get('target_sparsity', 0):g}%"
     return {"fp32": "fp32" if row["key"] == "fp32" else "fp32 fine-tuned, no compression", "ptq": q, "oneshot": f"one-shot prune {pct} + {q}",
             "lightning": f"Lightning ModelPruning {pct} + {q}", "sparse": f"GradualSparsifier {pct} alone + {q}",
+            "lightning_fp32": f"Lightning ModelPruning {pct}, fp32 (not rounded)",
+            "sparse_fp32": f"GradualSparsifier {pct} alone, fp32 (not rounded)",
             "fakequant": f"fake-quant QAT (STE) {pct} int{row.get('bits')}", "ours": f"ours: {row['key']}"}[method]

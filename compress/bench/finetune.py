@@ -36,6 +36,7 @@ from pathlib import Path
 from compress.bench import accuracy
 from compress.bench.baselines import label
 from compress.bench.jobs import run_jobs
+from compress.bench.plot import plot
 from compress.checks import check_int
 
 FT_EPOCHS = 3
@@ -280,41 +281,6 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(entries: list[dict], path: Path, split: str = accuracy.SPLIT) -> bool:
-    """WER against packed bytes, one point per row, seed spread as error bars (PNG)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    colors = {"fp32": "black", "ptq": "tab:gray", "oneshot": "tab:brown", "lightning": "tab:blue",
-              "sparse": "tab:cyan", "fakequant": "tab:orange", "ours": "tab:red"}
-    for e in entries:
-        if e["group"] == "variants":
-            continue
-        s = e[f"wer_{split}"]
-        ax.errorbar(e["bytes"], s["mean"], yerr=s["std"] if s["n"] > 1 else None, fmt="o", capsize=3,
-                    color=colors.get(e["method"], "tab:green"))
-        ax.annotate(e["key"], (e["bytes"], s["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("packed file bytes (log scale)")
-    ax.set_ylabel(f"WER {split} (%)")
-    ax.set_title("Fine-tuning protocol: WER against size (mean ± std over seeds)")
-    ax.grid(True, which="both", alpha=0.3)
-    import io
-
-    from compress.atomic import write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    write_bytes(path, [buf.getvalue()])  # the project's atomic writer (temp file, fsync, rename)
-    return True
-
-
 def _command(opts) -> str:
     return accuracy.command_line("compress.bench.finetune", opts, "--epochs", str(opts.epochs),
                                  "--seeds", str(opts.seeds), "--groups", ",".join(opts.groups))
@@ -345,7 +311,7 @@ def run(args=None) -> dict:
         "targets": check_targets(entries), "wall_seconds": time.perf_counter() - t0,
         "machine": accuracy.machine(opts),
     }
-    if plot(entries, out / "accuracy_finetune.png"):
+    if plot(entries, out / "accuracy_finetune.png", "Fine-tuning protocol: WER against size (mean ± std over seeds)"):
         results["plot"] = "accuracy_finetune.png"
     accuracy.write_report(out, "accuracy_finetune", results, format_markdown(results))
     return results
