@@ -14,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from compress.bench import accuracy, baselines
+from compress.bench import accuracy, baselines, training
 from compress.decoder.fast import load
 from compress.quant import grid
 from compress.sparsity.schedule import sparsity_at
@@ -29,12 +29,12 @@ KEYS = ["fp32", "ptq8", "oneshot50_ptq8", "lightning50_ptq8", "sparse50_ptq8", "
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     data = tmp_path_factory.mktemp("corpus")
-    args = argparse.Namespace(size="tiny", jobs=2, threads=1, out=str(out), data_dir=str(data))
+    args = argparse.Namespace(size="tiny", jobs=2, threads=1, out=str(out), data_dir=str(data), seeds=2)
     return accuracy.run(args), out
 
 
 def _rows(results):
-    return {r["key"]: r for r in results["rows"]}
+    return {r["key"]: r for r in results["rows"] if r.get("seed", 0) == 0}
 
 
 def _exact(sparsity, n):
@@ -43,7 +43,11 @@ def _exact(sparsity, n):
 
 def test_tiny_run_writes_every_row_and_both_files(tiny):
     results, out = tiny
-    assert [r["key"] for r in results["rows"]] == KEYS
+    assert [e["key"] for e in results["entries"]] == KEYS
+    seeded = {r["key"] for r in results["rows"] if r.get("seed", 0) == 1}
+    assert seeded == {"fp32", "ptq4", "oneshot75_ptq4", "lightning75_ptq4", "sparse75_fq4", "sparse75_qreg4"}
+    by = {e["key"]: e for e in results["entries"]}
+    assert by["sparse75_qreg4"]["seeds"] == [0, 1] and by["sparse75_qreg5"]["seeds"] == [0]
     on_disk = json.loads((out / "accuracy.json").read_text())
     assert on_disk["rows"] == results["rows"] and on_disk["targets"] == results["targets"]
     md = (out / "accuracy.md").read_text()
@@ -52,7 +56,8 @@ def test_tiny_run_writes_every_row_and_both_files(tiny):
         assert set(row["metrics"]) == {"test_voices", "test_sentences"}
         for split in row["metrics"].values():
             assert math.isfinite(split["wer"]) and split["wer"] >= 0 and math.isfinite(split["cer"])
-    # loss: 50% + 8, 75% + 4, 75% + 6 bits; defaults: 8, 6, 4, 2 bits;
+    assert "± " in md  # the rows of two seeds
+    # loss: 75% + 4, 75% + 6, 50% + 8 bits; defaults: 8, 6, 4, 2 bits;
     # beat: one-shot, ModelPruning, sparsifier alone, fake-quant
     assert md.count("**PASS**") + md.count("**MISS**") == 11
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and results["plot"] == "accuracy.png"
@@ -100,61 +105,66 @@ def test_tiny_lightning_baseline_is_at_the_target_sparsity(tiny):
             assert abs(z - _exact(sparsity, n)) <= epochs, (name, param, z, n)
 
 
+def _wers(rows):
+    """key -> {seed: WER on test_voices in %}."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["key"], {})[r.get("seed", 0)] = 100 * r["metrics"]["test_voices"]["wer"]
+    return out
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def _std(values):
+    m = _mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+
+
 def test_tiny_targets_are_computed_from_the_numbers(tiny):
     results, _ = tiny
     assert results["targets"] == accuracy.check_targets(results["rows"], "test_voices")
-    rows = _rows(results)
-    wer = {k: 100 * r["metrics"]["test_voices"]["wer"] for k, r in rows.items()}
-    kinds = [t["kind"] for t in results["targets"]]
-    assert kinds == ["loss"] * 3 + ["defaults"] * 4 + ["beat"] * 4
-    easy, hard, six = results["targets"][:3]
-    defaults, beat = results["targets"][3:7], results["targets"][7:]
-    assert [t["value"] for t in defaults] == pytest.approx([wer[f"qreg{b}"] - wer[f"ptq{b}"] for b in (8, 6, 4, 2)])
-    assert [t["pass"] for t in defaults] == [wer[f"qreg{b}"] <= wer[f"ptq{b}"] for b in (8, 6, 4, 2)]
-    assert easy["value"] == pytest.approx(wer["sparse50_qreg8"] - wer["fp32"])
-    assert easy["pass"] == (easy["value"] <= 0.5 + 1e-9)
-    assert hard["value"] == pytest.approx(wer["sparse75_qreg4"] - wer["fp32"])
-    assert hard["pass"] == (hard["value"] <= 1.0 + 1e-9)
-    assert six["value"] == pytest.approx(wer["sparse75_qreg6"] - wer["fp32"])
+    w = _wers(results["rows"])
+    mean = {k: _mean(list(v.values())) for k, v in w.items()}
+    std = {k: _std(list(v.values())) for k, v in w.items()}
+    assert [t["kind"] for t in results["targets"]] == ["loss"] * 3 + ["defaults"] * 4 + ["beat"] * 4
+    loss, defaults, beat = results["targets"][:3], results["targets"][3:7], results["targets"][7:]
+    for t, key, limit in zip(loss, ("sparse75_qreg4", "sparse75_qreg6", "sparse50_qreg8"), (1.0, 0.5, 0.5)):
+        fp32 = _mean([w["fp32"][s] for s in w[key]])  # fp32 on the seeds the row has
+        assert t["value"] == pytest.approx(mean[key] - fp32) and t["pass"] == (t["value"] <= limit + 1e-9)
+    assert [t["value"] for t in defaults] == pytest.approx([mean[f"qreg{b}"] - mean[f"ptq{b}"] for b in (8, 6, 4, 2)])
+    assert [t["pass"] for t in defaults] == [mean[f"qreg{b}"] <= mean[f"ptq{b}"] + 1e-9 for b in (8, 6, 4, 2)]
     peers = ["oneshot75_ptq4", "lightning75_ptq4", "sparse75_ptq4", "sparse75_fq4"]
-    assert [t["value"] for t in beat] == pytest.approx([wer["sparse75_qreg4"] - wer[k] for k in peers])
-    assert [t["pass"] for t in beat] == [wer["sparse75_qreg4"] < wer[k] for k in peers]
+    ours = "sparse75_qreg4"
+    assert [t["value"] for t in beat] == pytest.approx([mean[ours] - mean[k] for k in peers])
+    assert [t["pass"] for t in beat] == [mean[ours] < mean[k] - max(std[ours], std[k]) for k in peers]
 
 
-def _hand_rows(fp32, ours50, ours75, oneshot75, lightning75):
-    def row(key, method, setting, wer, bits):
-        return {"key": key, "method": method, "setting": setting, "bits": bits, "target_sparsity": 0.75,
-                "metrics": {"test_voices": {"wer": wer / 100, "cer": 0.0}}}
+def _hand_rows(wers):
+    """Rows of the hard setting from ``{key: [WER of seed 0, seed 1, ...]}``."""
+    methods = {"fp32": "fp32", "sparse75_qreg4": "ours", "lightning75_ptq4": "lightning", "sparse75_fq4": "fakequant"}
+    return [{"key": k, "method": methods[k], "setting": None if k == "fp32" else "hard", "bits": 4, "seed": s,
+             "target_sparsity": 0.75, "bytes": 1, "decoded_sparsity": 0.75, "valid": {"wer": 0.1, "cer": 0.0},
+             "metrics": {sp: {"wer": v / 100, "cer": 0.0} for sp in ("test_voices", "test_sentences")}}
+            for k, vs in wers.items() for s, v in enumerate(vs)]
 
-    return [row("fp32", "fp32", None, fp32, None), row("s50", "ours", "easy", ours50, 8),
-            row("s75", "ours", "hard", ours75, 4), row("o75", "oneshot", "hard", oneshot75, 4),
-            row("l75", "lightning", "hard", lightning75, 4)]
 
-
-@pytest.mark.parametrize("numbers, expected", [
-    ((10.0, 10.5, 11.0, 12.5, 12.1), [True, True, True, True]),  # both limits hit exactly, ours best
-    ((10.0, 10.51, 11.01, 12.5, 11.0), [False, False, True, False]),  # below the one, above the other
-    ((10.0, 9.0, 11.0, 12.5, 11.0), [True, True, True, False]),  # a tie with a baseline does not beat it
-    ((10.0, 10.0, 15.0, 20.0, 30.0), [True, False, True, True]),
-    ((20.0, 19.0, 18.0, 17.0, 40.0), [True, True, False, True]),  # one baseline better: MISS on that one
+@pytest.mark.parametrize("ours, lightning, expected", [
+    ([9.0, 9.2, 9.4], [10.0, 10.2, 10.4], [True, True]),  # lower by 1.0 > std 0.2: a win
+    ([9.0, 9.8, 10.6], [10.0, 10.2, 10.4], [False, False]),  # mean 9.8: lower by 0.4 < std 0.8: no win
+    ([9.5], [10.0], [True, True]),  # one seed: lower is enough
+    ([10.0], [10.0], [False, False]),  # a tie is no win
 ])
-def test_target_logic_on_hand_made_numbers(numbers, expected):
-    targets = accuracy.check_targets(_hand_rows(*numbers), "test_voices")
-    assert [t["pass"] for t in targets] == expected
-    assert targets[0]["value"] == pytest.approx(numbers[1] - numbers[0])
-    assert targets[1]["value"] == pytest.approx(numbers[2] - numbers[0])
-    assert [t["value"] for t in targets[2:]] == pytest.approx([numbers[2] - n for n in numbers[3:]])
-
-
-def test_target_logic_skips_baselines_not_run_and_names_a_missing_row():
-    rows = [r for r in _hand_rows(10, 10, 10, 10, 10) if r["method"] != "lightning"]
-    assert ["beats" in t["target"] and "one-shot" in t["target"] for t in accuracy.check_targets(rows)][-1]
-    assert len(accuracy.check_targets(rows)) == 3
-    six = {**rows[2], "key": "s75_6", "setting": "bits", "bits": 6}  # 75% + 6 bits: limit 0.5
-    five = {**rows[2], "key": "s75_5", "setting": "bits", "bits": 5}  # no target at 5 bits
-    assert [t["limit"] for t in accuracy.check_targets(rows + [six, five]) if t["kind"] == "loss"] == [0.5, 1.0, 0.5]
-    with pytest.raises(ValueError, match="'ours' row for setting 'hard'"):
-        accuracy.check_targets([r for r in rows if r["key"] != "s75"])
+def test_target_logic_on_hand_made_numbers(ours, lightning, expected):
+    fp32 = [9.0] * len(ours)
+    targets = accuracy.check_targets(_hand_rows({"fp32": fp32, "sparse75_qreg4": ours, "lightning75_ptq4": lightning,
+                                                 "sparse75_fq4": lightning}))
+    assert [t["kind"] for t in targets] == ["loss", "beat", "beat"]  # only the rows that were run
+    assert targets[0]["value"] == pytest.approx(_mean(ours) - 9.0)
+    assert targets[0]["pass"] == (_mean(ours) - 9.0 <= 1.0 + 1e-9)
+    assert [t["pass"] for t in targets[1:]] == expected
+    assert targets[1]["limit"] == pytest.approx(-max(_std(ours), _std(lightning)))
 
 
 def test_groups_choose_the_trainings_and_fp32_is_always_there():
@@ -164,9 +174,17 @@ def test_groups_choose_the_trainings_and_fp32_is_always_there():
                          "end_epoch": None, "bits": 4, "clip": "mse", "granularity": "channel"}}
     names = [j["name"] for j in accuracy.plan(settings, ["peers"])]
     assert names == ["fp32", "fq75", "fq50"]
+    seeded = accuracy.plan(settings, ["core", "peers", "bits"], seeds=3)
+    names = [j["name"] for j in seeded]
+    assert names[-1] == "ours75_5"  # LAST: after the other seeds
+    assert names.index("ours75_s2") > names.index("ours75_s1") > names.index("fq75")
+    s1 = next(j for j in seeded if j["name"] == "ours75_s1")
+    assert s1["extra"] == ["seed=1", "data.corpus.seed=0"] and [r["seed"] for r in s1["rows"]] == [1]
+    fp32_s1 = next(j for j in seeded if j["name"] == "fp32_s1")
+    assert [r["key"] for r in fp32_s1["rows"]] == ["fp32", "ptq4", "oneshot75_ptq4"]  # the hard setting only
     defaults = accuracy.plan(settings, ["defaults"])
-    assert [j["name"] for j in defaults] == ["fp32", "qreg6", "qreg4", "qreg2"]
-    assert defaults[2]["extra"] == ["compression.quantization_regularizer.bits=4"]
+    assert [j["name"] for j in defaults] == ["fp32", "qreg4", "qreg2", "qreg6"]  # qreg6 is in LAST
+    assert defaults[1]["extra"] == ["compression.quantization_regularizer.bits=4"]
     assert {"ptq6", "ptq4", "ptq2"} <= {r["key"] for r in defaults[0]["rows"]}
     everything = accuracy.plan(settings, list(accuracy.GROUPS))
     assert [j["name"] for j in everything][:5] == ["fp32", "lightning50", "lightning75", "ours50", "ours75"]
@@ -259,7 +277,7 @@ def test_options_under_the_dispatcher_are_the_prefixed_ones():
                               accuracy_data_dir=None, accuracy_reuse=False, threads=2, out=None)
     opts = accuracy._options(args)
     assert (opts.size, opts.epochs, opts.jobs, opts.threads) == ("tiny", None, 1, 2)
-    assert "trainer.max_epochs" not in " ".join(accuracy.base_overrides(opts))
+    assert "trainer.max_epochs" not in " ".join(training.base_overrides(opts))
 
 
 def test_errors_name_the_argument(tmp_path):
@@ -282,7 +300,7 @@ def test_reuse_keeps_a_training_only_for_the_same_composed_recipe(tiny, tmp_path
     shutil.copytree(spec["dir"], run_dir)
     spec.update(dir=str(run_dir), reuse=True)
     before = (run_dir / "model.ckpt").stat().st_mtime_ns
-    accuracy.work(spec)
+    training.work(spec)
     assert "reusing" in capsys.readouterr().out
     assert (run_dir / "model.ckpt").stat().st_mtime_ns == before
     # The checkpoint was made from other recipe content under the same name (an edited
@@ -290,7 +308,7 @@ def test_reuse_keeps_a_training_only_for_the_same_composed_recipe(tiny, tmp_path
     meta = json.loads((run_dir / "train.json").read_text())
     meta["settings"]["config"]["compression"]["quantization_regularizer"]["weight"] = 0.5
     (run_dir / "train.json").write_text(json.dumps(meta))
-    accuracy.work(spec)
+    training.work(spec)
     assert "reusing" not in capsys.readouterr().out
     assert (run_dir / "model.ckpt").stat().st_mtime_ns != before
 
@@ -325,3 +343,21 @@ def test_tiny_structure_section_reuses_ours50_and_trains_block_masks(tiny):
     assert t["value"] == pytest.approx(by[structure.BLOCK_RECIPE] - by[structure.UNSTRUCTURED])
     md = (out / "structure.md").read_text()
     assert md.count("**PASS**") + md.count("**MISS**") == 1 and got["command"] in md
+
+
+def test_no_train_tables_what_is_done_and_trains_nothing(tiny, tmp_path):
+    import shutil
+
+    results, out = tiny
+    copy = tmp_path / "bench"
+    shutil.copytree(out, copy)
+    (copy / "accuracy_runs" / "ours75_5" / "model.ckpt").unlink()  # as if that training had not run yet
+    data = results["command"].split("--data-dir ")[1].split()[0]
+    args = argparse.Namespace(size="tiny", jobs=2, threads=1, out=str(copy), data_dir=data, seeds=2, no_train=True)
+    again = accuracy.run(args)
+    assert again["not_run"] == ["ours75_5"]
+    assert not (copy / "accuracy_runs" / "ours75_5" / "model.ckpt").exists()  # nothing was trained
+    assert [e["key"] for e in again["entries"]] == [k for k in KEYS if k != "sparse75_qreg5"]
+    by = {e["key"]: e for e in again["entries"]}
+    assert by["sparse75_qreg4"] == next(e for e in results["entries"] if e["key"] == "sparse75_qreg4")
+    assert "not run (`--no-train`" in (copy / "accuracy.md").read_text() and "--no-train" in again["command"]

@@ -211,9 +211,9 @@ def test_default_run_and_full_experiment_shapes():
 def test_benchmark_trains_the_full_experiment():
     import argparse
 
-    from compress.bench import accuracy
+    from compress.bench import training
 
     opts = argparse.Namespace(size="full", threads=1, epochs=None, data_dir=None)
-    assert accuracy.base_overrides(opts)[0] == "experiment=full"
+    assert training.base_overrides(opts)[0] == "experiment=full"
     opts.size = "tiny"
-    assert accuracy.base_overrides(opts)[0] == "experiment=tiny"
+    assert training.base_overrides(opts)[0] == "experiment=tiny"

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
-from compress.bench import accuracy
-from compress.bench.baselines import label
+from compress.bench import accuracy, training
 from compress.bench.jobs import run_jobs
 from compress.bench.plot import plot
+from compress.bench.seeds import _cell, _stats, aggregate, beats, check_targets  # noqa: F401 (importable here)
+from compress.bench.training import seed_overrides
 from compress.checks import check_int
 
 FT_EPOCHS = 3
@@ -57,7 +57,7 @@ OPTIONS = ("size", "epochs", "jobs", "data_dir", "reuse", "seeds", "groups")
 
 def add_arguments(parser, prefix: str = "finetune-") -> None:
     """The section's options (``--finetune-*`` under ``python -m compress.bench``)."""
-    accuracy.add_training_arguments(
+    training.add_training_arguments(
         parser, prefix, epochs_help=f"fine-tuning epochs of every method (default {FT_EPOCHS}; 1 for tiny)",
         reuse_help="keep trainings and figures made with the same settings (run the study in batches)")
     parser.add_argument(f"--{prefix}seeds", type=int, default=None,
@@ -67,22 +67,13 @@ def add_arguments(parser, prefix: str = "finetune-") -> None:
 
 
 def _options(args) -> argparse.Namespace:
-    opts = accuracy.read_options(args, "finetune", OPTIONS, seeds=None, groups=",".join(GROUPS))
+    opts = training.read_options(args, "finetune", OPTIONS, seeds=None, groups=",".join(GROUPS))
     opts.epochs = opts.epochs if opts.epochs is not None else (1 if opts.size == "tiny" else FT_EPOCHS)
     opts.seeds = opts.seeds if opts.seeds is not None else (2 if opts.size == "tiny" else SEEDS)
     for name in ("epochs", "seeds"):
         check_int(f"--{name}", getattr(opts, name), min=1)
-    groups = [g for g in str(opts.groups).split(",") if g]
-    bad = [g for g in groups if g not in GROUPS]
-    if bad or not groups:
-        raise ValueError(f"--groups must be a comma-separated list of {GROUPS}, got {opts.groups!r}")
-    opts.groups = groups
+    opts.groups = training.check_groups(str(opts.groups), GROUPS)
     return opts
-
-
-def seed_overrides(seed: int) -> list[str]:
-    """Training seed ``seed`` on the same corpus (seed 0's); seed 0 is the recipe as it is."""
-    return [] if seed == 0 else [f"seed={seed}", "data.corpus.seed=0"]
 
 
 def _row(key, method, bits=None, sparsity=0.0, seed=0, group=None, **extra) -> dict:
@@ -179,72 +170,6 @@ def plan(base: list[str], seeds: int, epochs: int, groups: list[str], runs: Path
     return jobs
 
 
-# -- aggregation -------------------------------------------------------------------------------
-def _stats(values: list[float]) -> dict:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "n": n}
-
-
-def aggregate(rows: list[dict]) -> list[dict]:
-    """One entry per row key: WER/CER mean, sample standard deviation and count over seeds (in %)."""
-    by_key: dict[str, list[dict]] = {}
-    for r in rows:
-        by_key.setdefault(r["key"], []).append(r)
-    out = []
-    for key, rs in by_key.items():
-        entry = {"key": key, "label": label(rs[0]), "method": rs[0]["method"], "group": rs[0]["setting"],
-                 "seeds": sorted(r["seed"] for r in rs), "bytes": round(sum(r["bytes"] for r in rs) / len(rs)),
-                 "sparsity": sum(r["decoded_sparsity"] for r in rs) / len(rs)}
-        for split in SPLITS:
-            entry[f"wer_{split}"] = _stats([100 * r["metrics"][split]["wer"] for r in rs])
-        entry["wer_valid"] = _stats([100 * r["valid"]["wer"] for r in rs])
-        entry["per_seed"] = {str(r["seed"]): {s: 100 * r["metrics"][s]["wer"] for s in SPLITS} for r in rs}
-        out.append(entry)
-    return out
-
-
-def beats(a: dict, b: dict, split: str = accuracy.SPLIT) -> bool:
-    """``a`` beats ``b``: its mean WER is lower by more than the larger of the two standard deviations."""
-    x, y = a[f"wer_{split}"], b[f"wer_{split}"]
-    return x["mean"] < y["mean"] - max(x["std"], y["std"])
-
-
-def check_targets(entries: list[dict], split: str = accuracy.SPLIT) -> list[dict]:
-    """The issue's targets on the fine-tuning protocol (means over seeds where there are several)."""
-    by = {e["key"]: e for e in entries}
-    out = []
-
-    def wer(key):
-        return by[key][f"wer_{split}"]["mean"]
-
-    def fp32_on(key):  # fp32 on the seeds the row has: a one-seed row is compared with its own seed
-        seeds = by[key]["per_seed"]
-        return sum(by["fp32"]["per_seed"][s][split] for s in seeds) / len(seeds)
-
-    if "fp32" not in by:
-        return out
-    for key, limit in (("sparse75_qreg4", 1.0), ("sparse75_qreg6", 0.5), ("sparse50_qreg8", 0.5)):
-        if key in by:
-            loss = wer(key) - fp32_on(key)
-            out.append({"target": f"{by[key]['label']} within {limit:g} WER points of fp32 (same seeds)", "kind": "loss",
-                        "value": loss, "limit": limit, "pass": loss <= limit + 1e-9})
-    if "sparse75_qreg4" in by:
-        ours = by["sparse75_qreg4"]
-        for key in ("oneshot75_ptq4", "lightning75_ptq4", "sparse75_ptq4", "sparse75_fq4"):
-            if key in by:
-                margin = wer("sparse75_qreg4") - wer(key)
-                out.append({"target": f"{ours['label']} beats {by[key]['label']}", "kind": "beat",
-                            "value": margin, "limit": -max(ours[f"wer_{split}"]["std"], by[key][f"wer_{split}"]["std"]),
-                            "pass": beats(ours, by[key], split)})
-    return out
-
-
-def _cell(s: dict) -> str:
-    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}"
-
-
 def format_markdown(results: dict) -> str:
     entries, m = results["entries"], results["machine"]
     fp32_bytes = next((e["bytes"] for e in entries if e["key"] == "fp32"), None)
@@ -282,7 +207,7 @@ def format_markdown(results: dict) -> str:
 
 
 def _command(opts) -> str:
-    return accuracy.command_line("compress.bench.finetune", opts, "--epochs", str(opts.epochs),
+    return training.command_line("compress.bench.finetune", opts, "--epochs", str(opts.epochs),
                                  "--seeds", str(opts.seeds), "--groups", ",".join(opts.groups))
 
 
@@ -292,12 +217,12 @@ def run(args=None) -> dict:
 
     opts = _options(args if args is not None else argparse.Namespace())
     t0 = time.perf_counter()
-    out = accuracy.output_dir(opts, "finetune")
+    out = training.output_dir(opts, "finetune")
     runs = out / "accuracy_runs"
     runs.mkdir(parents=True, exist_ok=True)
     acc = argparse.Namespace(size=opts.size, epochs=None, threads=opts.threads, data_dir=opts.data_dir)
-    base = accuracy.base_overrides(acc)
-    cfg = accuracy.compose_config(base + ["compression=none"])
+    base = training.base_overrides(acc)
+    cfg = training.compose_config(base + ["compression=none"])
     print(f"== finetune: {opts.size} run, {int(cfg.trainer.max_epochs)} + {opts.epochs} epochs, {opts.seeds} "
           f"seed(s), groups {opts.groups}, {opts.jobs} job(s) x {opts.threads} thread(s), output {out}", flush=True)
     build_datamodule(cfg, gen_workers=opts.jobs * opts.threads).prepare_data()
@@ -309,17 +234,17 @@ def run(args=None) -> dict:
         "command": _command(opts), "size": opts.size, "epochs": opts.epochs,
         "base_epochs": int(cfg.trainer.max_epochs), "split": accuracy.SPLIT, "rows": rows, "entries": entries,
         "targets": check_targets(entries), "wall_seconds": time.perf_counter() - t0,
-        "machine": accuracy.machine(opts),
+        "machine": training.machine(opts),
     }
     if plot(entries, out / "accuracy_finetune.png", "Fine-tuning protocol: WER against size (mean ± std over seeds)"):
         results["plot"] = "accuracy_finetune.png"
-    accuracy.write_report(out, "accuracy_finetune", results, format_markdown(results))
+    training.write_report(out, "accuracy_finetune", results, format_markdown(results))
     return results
 
 
 def main(argv=None) -> None:
     """``python -m compress.bench.finetune``."""
-    run(accuracy.section_parser("compress.bench.finetune", __doc__, add_arguments).parse_args(argv))
+    run(training.section_parser("compress.bench.finetune", __doc__, add_arguments).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The benchmark's worker processes: each training spec runs as
-``python -m compress.bench.accuracy --worker SPEC``, ``jobs`` at a time, with one log per
+``python -m compress.bench.training --worker SPEC``, ``jobs`` at a time, with one log per
 spec and a progress line a minute.
 
 Workers are separate processes so that each holds its own torch threads (one by default:
@@ -28,7 +28,7 @@ def _launch(spec: dict, log_path: Path, threads: int) -> subprocess.Popen:
                PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
     log = open(log_path, "w")
     try:
-        return subprocess.Popen([sys.executable, "-m", "compress.bench.accuracy", "--worker", str(spec_path)],
+        return subprocess.Popen([sys.executable, "-m", "compress.bench.training", "--worker", str(spec_path)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(PACKAGE_ROOT))
     finally:
         log.close()  # the child holds its own descriptor

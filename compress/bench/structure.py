@@ -17,8 +17,9 @@ import json
 import time
 from pathlib import Path
 
-from compress.bench.accuracy import (
-    SPLIT,
+from compress.bench.accuracy import SPLIT
+from compress.bench.jobs import run_jobs
+from compress.bench.training import (
     add_training_arguments,
     base_overrides,
     command_line,
@@ -29,7 +30,6 @@ from compress.bench.accuracy import (
     section_parser,
     write_report,
 )
-from compress.bench.jobs import run_jobs
 
 UNSTRUCTURED = "sparse50_qreg8"
 BLOCK_RECIPE = "sparse50_block8_qreg8"
