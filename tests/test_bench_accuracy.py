@@ -291,6 +291,15 @@ def test_errors_name_the_argument(tmp_path):
         baselines.pack_row({"key": "x", "method": "magic"}, {}, "c", tmp_path / "x.psq", [])
 
 
+@pytest.mark.parametrize("argv, name", [(["--seeds", "0"], "--seeds"), (["--groups", "core,nope"], "--groups")])
+def test_the_command_names_a_bad_option_in_one_line(argv, name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        accuracy.main([*argv, "--size", "tiny", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert name in err and "Traceback" not in err and not list(tmp_path.iterdir())  # nothing written
+
+
 def test_reuse_keeps_a_training_only_for_the_same_composed_recipe(tiny, tmp_path, capsys):
     import shutil
 

@@ -54,7 +54,7 @@ from compress.bench.training import (
     machine,
     output_dir,
     read_options,
-    section_parser,
+    section_main,
     seed_overrides,
     write_report,
 )
@@ -297,7 +297,7 @@ def run(args=None) -> dict:
 
 def main(argv=None) -> None:
     """``python -m compress.bench.accuracy``."""
-    run(section_parser("compress.bench.accuracy", __doc__, add_arguments).parse_args(argv))
+    section_main("compress.bench.accuracy", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

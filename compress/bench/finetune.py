@@ -244,7 +244,7 @@ def run(args=None) -> dict:
 
 def main(argv=None) -> None:
     """``python -m compress.bench.finetune``."""
-    run(training.section_parser("compress.bench.finetune", __doc__, add_arguments).parse_args(argv))
+    training.section_main("compress.bench.finetune", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

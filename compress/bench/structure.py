@@ -27,7 +27,7 @@ from compress.bench.training import (
     machine,
     output_dir,
     read_options,
-    section_parser,
+    section_main,
     write_report,
 )
 
@@ -112,8 +112,7 @@ def run(args=None) -> dict:
 
 def main(argv=None) -> None:
     """``python -m compress.bench.structure``."""
-    parser = section_parser("compress.bench.structure", __doc__, add_arguments)
-    run(parser.parse_args(argv))
+    section_main("compress.bench.structure", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,17 @@ def section_parser(module: str, doc: str, add_arguments) -> argparse.ArgumentPar
     return parser
 
 
+def section_main(module: str, doc: str, add_arguments, run, argv=None) -> None:
+    """``python -m {module}``: parse the options and run; bad options end in one line
+    naming the option (exit status 2), not a traceback."""
+    parser = section_parser(module, doc, add_arguments)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ValueError as e:  # the sections' option checks (compress.checks) raise ValueError
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
 def seed_overrides(seed: int) -> list[str]:
     """Training seed ``seed`` on the same corpus (seed 0's); seed 0 is the recipe as it is."""
     return [] if seed == 0 else [f"seed={seed}", "data.corpus.seed=0"]
