@@ -45,7 +45,7 @@ def test_tiny_run_writes_every_row_and_both_files(tiny):
     results, out = tiny
     assert [e["key"] for e in results["entries"]] == KEYS
     seeded = {r["key"] for r in results["rows"] if r.get("seed", 0) == 1}
-    assert seeded == {"fp32", "ptq4", "oneshot75_ptq4", "lightning75_ptq4", "sparse75_fq4", "sparse75_qreg4"}
+    assert seeded == {"fp32", "ptq4", "oneshot75_ptq4", "sparse75_ptq4", "sparse75_fq4", "sparse75_qreg4"}
     by = {e["key"]: e for e in results["entries"]}
     assert by["sparse75_qreg4"]["seeds"] == [0, 1] and by["sparse75_qreg5"]["seeds"] == [0]
     on_disk = json.loads((out / "accuracy.json").read_text())
@@ -174,7 +174,7 @@ def test_groups_choose_the_trainings_and_fp32_is_always_there():
                          "end_epoch": None, "bits": 4, "clip": "mse", "granularity": "channel"}}
     names = [j["name"] for j in accuracy.plan(settings, ["peers"])]
     assert names == ["fp32", "fq75", "fq50"]
-    seeded = accuracy.plan(settings, ["core", "peers", "bits"], seeds=3)
+    seeded = accuracy.plan(settings, ["core", "peers", "ablation", "bits"], seeds=3)
     names = [j["name"] for j in seeded]
     assert names[-1] == "ours75_5"  # LAST: after the other seeds
     assert names.index("ours75_s2") > names.index("ours75_s1") > names.index("fq75")
