@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from compress.bench import finetune
+from compress.bench import finetune, seeds
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +80,9 @@ def _entry(key, mean, std, n=3, method="ours", per_seed=None):
 
 
 def test_beats_needs_a_margin_larger_than_the_spread():
-    assert finetune.beats(_entry("a", 9.0, 0.3), _entry("b", 10.0, 0.5))
-    assert not finetune.beats(_entry("a", 9.6, 0.3), _entry("b", 10.0, 0.5))  # 0.4 < 0.5
-    assert not finetune.beats(_entry("a", 10.0, 0.0), _entry("b", 10.0, 0.0))  # a tie is no win
+    assert seeds.beats(_entry("a", 9.0, 0.3), _entry("b", 10.0, 0.5))
+    assert not seeds.beats(_entry("a", 9.6, 0.3), _entry("b", 10.0, 0.5))  # 0.4 < 0.5
+    assert not seeds.beats(_entry("a", 10.0, 0.0), _entry("b", 10.0, 0.0))  # a tie is no win
 
 
 def test_targets_on_hand_made_numbers():
@@ -90,7 +90,7 @@ def test_targets_on_hand_made_numbers():
     entries = [_entry("fp32", 8.0, 0.2, method="fp32", per_seed=fp32), _entry("sparse75_qreg4", 8.9, 0.3),
                _entry("lightning75_ptq4", 10.0, 0.4, method="lightning"), _entry("sparse75_fq4", 9.1, 0.3),
                _entry("sparse75_qreg6", 7.6, 0.0, 1)]
-    t = {x["target"]: x for x in finetune.check_targets(entries)}
+    t = {x["target"]: x for x in seeds.check_targets(entries)}
     assert t["sparse75_qreg4 within 1 WER points of fp32 (same seeds)"]["pass"]
     # one seed: compared with fp32 of seed 0 (7.0), not with the mean over seeds (8.0)
     qreg6 = t["sparse75_qreg6 within 0.5 WER points of fp32 (same seeds)"]
@@ -100,9 +100,9 @@ def test_targets_on_hand_made_numbers():
 
 
 def test_stats_are_sample_statistics():
-    s = finetune._stats([1.0, 2.0, 3.0])
+    s = seeds._stats([1.0, 2.0, 3.0])
     assert s == {"mean": 2.0, "std": 1.0, "n": 3}
-    assert finetune._stats([4.0]) == {"mean": 4.0, "std": 0.0, "n": 1}
+    assert seeds._stats([4.0]) == {"mean": 4.0, "std": 0.0, "n": 1}
 
 
 def test_errors_name_the_argument():

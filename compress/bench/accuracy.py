@@ -61,7 +61,7 @@ from compress.bench.training import (
 from compress.checks import check_int
 
 SETTINGS = (("easy", "sparse50_qreg8"), ("hard", "sparse75_qreg4"))  # (setting, recipe of ours)
-SPLIT = "test_voices"  # the split the targets are computed on (voices never heard in training)
+SPLIT = seeds.SPLIT  # the split the targets are computed on (voices never heard in training)
 GROUPS = ("core", "peers", "ablation", "bits", "defaults")
 # The trainings beyond baselines.plan's five, by group:
 # (training, compression recipe, setting, row key, row method, bits, sparsity).
@@ -206,8 +206,8 @@ def format_markdown(results: dict) -> str:
     ]
     for e in entries:
         secs = seconds[e["key"]]
-        lines.append(f"| {e['label']} | {seeds._cell(e['wer_test_voices'])} | {seeds._cell(e['wer_test_sentences'])} | "
-                     f"{seeds._cell(e['wer_valid'])} | {','.join(map(str, e['seeds']))} | {e['bytes']:,} | "
+        lines.append(f"| {e['label']} | {seeds.cell(e['wer_test_voices'])} | {seeds.cell(e['wer_test_sentences'])} | "
+                     f"{seeds.cell(e['wer_valid'])} | {','.join(map(str, e['seeds']))} | {e['bytes']:,} | "
                      f"{fp32_bytes / e['bytes']:.2f}x | {100 * e['sparsity']:.1f}% | {sum(secs) / len(secs):.0f} |")
     lines += ["", f"## Targets (WER on {results['split']}, means over seeds)", ""]
     for t in results["targets"]:
@@ -264,7 +264,7 @@ def run(args=None) -> dict:
           f"{opts.threads} thread(s), output {out}", flush=True)
     # Generate the corpus once here, so parallel trainings never race to write it.
     build_datamodule(cfg, gen_workers=opts.jobs * opts.threads).prepare_data()
-    specs = [{**job, "overrides": base + job.pop("extra", []), "dir": str(runs / job["name"]), "reuse": bool(opts.reuse)}
+    specs = [{**job, "overrides": base + job.get("extra", []), "dir": str(runs / job["name"]), "reuse": bool(opts.reuse)}
              for job in plan(settings, opts.groups, opts.seeds)]
     missing = []
     if opts.no_train:  # only what a checkpoint is there for; the worker still checks its settings

@@ -217,7 +217,7 @@ def pack_row(row: Mapping, state_dict: Mapping[str, torch.Tensor], checkpoint: s
     from compress.export import pack
 
     method = row["method"]
-    if method == "fp32" or (method in ("lightning", "sparse") and row.get("bits") is None):
+    if method == "fp32" or unrounded(row):
         pack_fp32(state_dict, path, recipe=row["key"])  # a pruned model not rounded: what pruning alone costs
     elif method in ("ptq", "lightning", "sparse"):  # sparse: GradualSparsifier alone, then PTQ
         pack_ptq(state_dict, path, targets, row["bits"], row["clip"], row["granularity"], recipe=row["key"])
@@ -291,15 +291,15 @@ def plan(settings: dict) -> list[dict]:
 METHODS = ("fp32", "ptq", "oneshot", "lightning", "sparse", "fakequant", "ours")
 
 
-def row_order(row: dict) -> tuple:
-    """Sort key: fp32 first, then each setting (by name) in ``METHODS`` order."""
-    return (row["setting"] is not None, row["setting"] or "", METHODS.index(row["method"]))
+def unrounded(row: Mapping) -> bool:
+    """A pruned model's row with no bits: packed in fp32, what pruning alone costs."""
+    return row["method"] in ("lightning", "sparse") and row.get("bits") is None
 
 
 def label(row: dict) -> str:
     """Human name of a row, e.g. "one-shot prune 75% + PTQ int4"."""
     method, q = row["method"], f"PTQ int{row.get('bits')}"
-    if method in ("lightning", "sparse") and row.get("bits") is None:
+    if unrounded(row):
         method += "_fp32"
     pct = f"{100 * row.get('target_sparsity', 0):g}%"
     return {"fp32": "fp32" if row["key"] == "fp32" else "fp32 fine-tuned, no compression", "ptq": q, "oneshot": f"one-shot prune {pct} + {q}",

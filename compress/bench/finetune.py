@@ -35,7 +35,7 @@ from pathlib import Path
 from compress.bench import accuracy, training
 from compress.bench.jobs import run_jobs
 from compress.bench.plot import plot
-from compress.bench.seeds import _cell, _stats, aggregate, beats, check_targets  # noqa: F401 (importable here)
+from compress.bench.seeds import aggregate, cell, check_targets
 from compress.bench.training import seed_overrides
 from compress.checks import check_int
 
@@ -43,7 +43,6 @@ FT_EPOCHS = 3
 FT_OVERRIDES = ("++model.lr=0.001", "++model.schedule=cosine")  # a fine-tuning schedule, the same for every method
 SEEDS = 3
 GROUPS = ("variants", "hard", "bits", "ablation", "easy")
-SPLITS = ("test_voices", "test_sentences")
 # Variants of ours at 75% + 4 bits, chosen on valid (name -> recipe, extra overrides).
 QREG = "compression.quantization_regularizer"
 VARIANTS = {
@@ -186,8 +185,8 @@ def format_markdown(results: dict) -> str:
     order = {g: i for i, g in enumerate(("fp32", "hard", "bits", "easy", "variants"))}
     for e in sorted(entries, key=lambda e: order.get(e["group"], 9)):
         ratio = f"{fp32_bytes / e['bytes']:.2f}x" if fp32_bytes else "-"
-        lines.append(f"| {e['label']} | {_cell(e['wer_test_voices'])} | {_cell(e['wer_test_sentences'])} | "
-                     f"{_cell(e['wer_valid'])} | {','.join(map(str, e['seeds']))} | {e['bytes']:,} | {ratio} | "
+        lines.append(f"| {e['label']} | {cell(e['wer_test_voices'])} | {cell(e['wer_test_sentences'])} | "
+                     f"{cell(e['wer_valid'])} | {','.join(map(str, e['seeds']))} | {e['bytes']:,} | {ratio} | "
                      f"{100 * e['sparsity']:.1f}% |")
     lines += ["", f"## Targets (WER on {results['split']}, means over seeds)", ""]
     for t in results["targets"]:

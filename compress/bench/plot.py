@@ -16,7 +16,7 @@ def plot(entries: list[dict], path: Path, title: str, split: str = "test_voices"
     """Write ``path``: one point per entry at (``bytes``, mean WER), the seed spread as error bars.
 
     Args:
-        entries: ``compress.bench.finetune.aggregate`` entries (``key``, ``method``,
+        entries: ``compress.bench.seeds.aggregate`` entries (``key``, ``method``,
             ``group``, ``bytes``, ``wer_<split>`` with ``mean``/``std``/``n``); entries of
             group "variants" are left out.
         path: the PNG to write (atomically).

@@ -94,5 +94,5 @@ def check_targets(entries: list[dict], split: str = SPLIT) -> list[dict]:
     return out
 
 
-def _cell(s: dict) -> str:
+def cell(s: dict) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}"
